@@ -1,0 +1,123 @@
+//! The `c100k` command line. Every flag can also be set from an environment variable
+//! `C100K_<FLAG>` (e.g. `C100K_PING_INTERVAL=5`); durations are seconds, fractions allowed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::server::Config;
+
+/// c100k: a WebSocket server for 100K-1M concurrent connections on one host.
+///
+/// Routes: /echo (echo), /ws?room=NAME and /?room=NAME (chat rooms: JSON text relayed to the
+/// other members), /healthz, /metrics (Prometheus).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "c100k", version, about, long_about = None)]
+pub struct Args {
+    /// Address and port to listen on.
+    #[arg(long, env = "C100K_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Event loops (threads), each with its own SO_REUSEPORT listener. Default: number of cores.
+    #[arg(long, env = "C100K_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Seconds without input before the server pings a connection (0 disables heartbeats).
+    #[arg(long, env = "C100K_PING_INTERVAL", default_value = "30", value_parser = parse_secs)]
+    pub ping_interval: Duration,
+
+    /// Seconds to wait, after a ping, for any frame before dropping the connection.
+    #[arg(long, env = "C100K_PONG_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub pong_timeout: Duration,
+
+    /// Seconds a new connection has to complete its opening handshake.
+    #[arg(long, env = "C100K_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub handshake_timeout: Duration,
+
+    /// Seconds to wait for the peer's close frame (and for its EOF after the close).
+    #[arg(long, env = "C100K_CLOSE_TIMEOUT", default_value = "5", value_parser = parse_secs)]
+    pub close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, seconds to wait for connections to finish closing before exiting.
+    #[arg(long, env = "C100K_DRAIN_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub drain_timeout: Duration,
+
+    /// Largest message in bytes (fragments summed); larger ones are refused with close 1009.
+    #[arg(long, env = "C100K_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    pub max_message_size: usize,
+
+    /// Per-connection outbound queue cap in bytes; a peer whose queue passes it is closed with 1008.
+    #[arg(long, env = "C100K_MAX_BACKLOG", default_value_t = 1 << 20)]
+    pub max_backlog: usize,
+
+    /// Most connections this process holds (accepting pauses at the limit). Default: what the
+    /// open-file limit allows.
+    #[arg(long, env = "C100K_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// listen(2) backlog. Default: net.core.somaxconn, at least 4096.
+    #[arg(long, env = "C100K_BACKLOG")]
+    pub backlog: Option<i32>,
+}
+
+/// Parse seconds (fractions allowed) into a Duration.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("'{s}' must be a non-negative number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Args {
+    /// The server configuration these flags describe; `fd_capacity` is how many connections the
+    /// open-file limit allows (used when --max-connections is not given).
+    pub fn to_config(&self, fd_capacity: usize) -> Config {
+        let d = Config::default();
+        Config {
+            listen: self.listen,
+            threads: self.threads.unwrap_or(d.threads).max(1),
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
+            drain_timeout: self.drain_timeout,
+            max_message_size: self.max_message_size,
+            max_backlog: self.max_backlog,
+            max_connections: self.max_connections.unwrap_or(fd_capacity),
+            backlog: self.backlog.unwrap_or(d.backlog),
+            tick: d.tick,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parse_with_fractions() {
+        assert_eq!(parse_secs("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let a = Args::try_parse_from(["c100k"]).unwrap();
+        let c = a.to_config(19_000);
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.pong_timeout, Duration::from_secs(10));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_message_size, 1 << 20);
+        assert_eq!(c.max_backlog, 1 << 20);
+        assert_eq!(c.max_connections, 19_000);
+        assert!(c.backlog >= 4096);
+    }
+}

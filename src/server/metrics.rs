@@ -1,0 +1,156 @@
+//! Counters and gauges per event loop, summed over loops for `/metrics` (Prometheus text format).
+//!
+//! Each loop writes only its own block (padded to its own cache lines), so updates are plain
+//! load+store on relaxed atomics: no locked instructions and no sharing on the hot path. A scrape
+//! reads every block.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A value written by one thread (its loop) and read by any.
+#[derive(Debug, Default)]
+pub struct Cell(AtomicU64);
+
+impl Cell {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: no read-modify-write instruction needed.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! metrics {
+    ($( $field:ident : $kind:literal, $help:literal; )*) => {
+        /// One loop's metrics.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct LoopMetrics {
+            $( #[doc = $help] pub $field: Cell, )*
+        }
+
+        /// A point-in-time copy (possibly summed over loops or processes).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot {
+            $( #[doc = $help] pub $field: u64, )*
+        }
+
+        impl LoopMetrics {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $( $field: self.$field.get(), )* }
+            }
+        }
+
+        impl Snapshot {
+            /// Add another snapshot field by field.
+            pub fn add(&mut self, o: &Snapshot) {
+                $( self.$field = self.$field.wrapping_add(o.$field); )*
+            }
+
+            /// (name without prefix, kind, help, value) for every metric.
+            pub fn entries(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![ $( (stringify!($field), $kind, $help, self.$field), )* ]
+            }
+
+            /// Set a metric by its name without prefix; false if unknown.
+            pub fn set(&mut self, name: &str, v: u64) -> bool {
+                match name {
+                    $( stringify!($field) => { self.$field = v; true } )*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+metrics! {
+    connections_open: "gauge", "TCP connections open (handshaking, open or closing).";
+    websockets_open: "gauge", "Connections past the opening handshake and not yet closed.";
+    connections_accepted_total: "counter", "TCP connections accepted.";
+    handshakes_total: "counter", "Opening handshakes completed (101 sent).";
+    handshake_failures_total: "counter", "Connections that ended before a WebSocket handshake completed (rejected requests, timeouts, resets), not counting /healthz and /metrics.";
+    http_requests_total: "counter", "Plain HTTP requests answered (/healthz, /metrics).";
+    messages_received_total: "counter", "WebSocket data messages received.";
+    messages_sent_total: "counter", "WebSocket data messages sent (each recipient counts once).";
+    bytes_received_total: "counter", "Bytes read from sockets.";
+    bytes_sent_total: "counter", "Bytes written to sockets.";
+    invalid_json_total: "counter", "Room text messages rejected as invalid JSON.";
+    protocol_errors_total: "counter", "Connections failed for a protocol violation (close 1002, 1007 or 1009).";
+    pings_sent_total: "counter", "Heartbeat pings sent.";
+    heartbeat_timeouts_total: "counter", "Connections dropped because a ping went unanswered.";
+    slow_consumer_closes_total: "counter", "Connections closed with 1008 because their outbound queue passed --max-backlog.";
+    accept_errors_total: "counter", "accept() failures (EMFILE/ENFILE pause accepting for a while).";
+    accept_pauses_total: "counter", "Times accepting was paused (descriptor limit or --max-connections).";
+    outbound_queued_bytes: "gauge", "Bytes queued for connections whose socket buffer is full.";
+    rooms: "gauge", "Rooms with members on this server (counted once per loop holding members).";
+    cross_loop_deliveries_total: "counter", "Relayed frames handed to another loop.";
+}
+
+/// Render a snapshot in the Prometheus text exposition format (version 0.0.4).
+pub fn render(s: &Snapshot, extra: &[(&str, &str, &str, u64)]) -> String {
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, v) in s.entries().into_iter().chain(extra.iter().copied()) {
+        let _ = writeln!(
+            out,
+            "# HELP c100k_{name} {help}\n# TYPE c100k_{name} {kind}\nc100k_{name} {v}"
+        );
+    }
+    out
+}
+
+/// Parse text produced by [`render`] back into a snapshot (for summing over processes).
+/// Unknown names and comments are ignored.
+pub fn parse(text: &str) -> Snapshot {
+    let mut s = Snapshot::default();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        if let (Some(name), Some(v)) = (parts.next(), parts.next()) {
+            if let (Some(name), Ok(v)) = (name.strip_prefix("c100k_"), v.parse::<u64>()) {
+                s.set(name, v);
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_and_parse_roundtrip() {
+        let m = LoopMetrics::default();
+        m.connections_open.add(3);
+        m.bytes_sent_total.add(1000);
+        m.connections_open.sub(1);
+        let mut total = m.snapshot();
+        total.add(&m.snapshot());
+        let text = render(&total, &[]);
+        assert!(text.contains("# TYPE c100k_connections_open gauge\nc100k_connections_open 4\n"));
+        assert!(text.contains("c100k_bytes_sent_total 2000\n"));
+        assert_eq!(parse(&text), total);
+    }
+
+    #[test]
+    fn blocks_do_not_share_cache_lines() {
+        assert!(std::mem::align_of::<LoopMetrics>() >= 128);
+    }
+}

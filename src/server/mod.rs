@@ -1,0 +1,185 @@
+//! The server: one mio event loop per thread, each with its own SO_REUSEPORT listener, connection
+//! slab and timer wheel; loops talk only through [`rooms::Mailbox`]es.
+
+pub mod conn;
+pub mod listener;
+pub mod metrics;
+pub mod outq;
+pub mod rooms;
+pub mod routes;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::{Interest, Poll, Token, Waker};
+
+use self::metrics::{LoopMetrics, Snapshot};
+use self::rooms::{Command, Fanout, LocalFanout, Mailbox};
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("c100k packs a slab key and a generation into a 64-bit mio token");
+
+/// Server settings (the CLI maps onto these one to one).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Event loops (threads).
+    pub threads: usize,
+    /// Ping a connection after this long without input; zero disables heartbeats.
+    pub ping_interval: Duration,
+    /// Drop a connection when nothing arrives this long after a ping.
+    pub pong_timeout: Duration,
+    /// Drop a connection that has not completed its opening handshake after this long.
+    pub handshake_timeout: Duration,
+    /// Wait this long for the peer's close frame, and for its EOF after the WebSocket ends.
+    pub close_timeout: Duration,
+    /// On SIGINT/SIGTERM, wait this long for connections to close before exiting.
+    pub drain_timeout: Duration,
+    /// Largest message accepted (sum of fragments); larger ones are refused with 1009.
+    pub max_message_size: usize,
+    /// Per-connection outbound queue cap for relayed messages; past it the peer is closed with 1008.
+    pub max_backlog: usize,
+    /// Connections this process holds at most; accepting pauses at the limit.
+    pub max_connections: usize,
+    /// listen(2) backlog (capped by net.core.somaxconn).
+    pub backlog: i32,
+    /// Timer resolution.
+    pub tick: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 20,
+            max_backlog: 1 << 20,
+            max_connections: 1_000_000,
+            backlog: listener::somaxconn().unwrap_or(4096).max(4096),
+            tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// State every loop can see.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: Config,
+    /// One block per loop (each written only by its loop).
+    pub metrics: Box<[LoopMetrics]>,
+    /// Connections open in this process (for --max-connections).
+    pub open: AtomicUsize,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Snapshot {
+        let mut total = Snapshot::default();
+        for m in self.metrics.iter() {
+            total.add(&m.snapshot());
+        }
+        total
+    }
+}
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Bind every loop's listener and start the loops.
+    pub fn start(cfg: Config) -> io::Result<Server> {
+        let n = cfg.threads.max(1);
+        let first = listener::bind_reuseport(cfg.listen, cfg.backlog)?;
+        // With port 0 the first bind picks the port; the others join it.
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(listener::bind_reuseport(local_addr, cfg.backlog)?);
+        }
+        let mut polls = Vec::with_capacity(n);
+        let mut mailboxes = Vec::with_capacity(n);
+        for l in listeners.iter_mut() {
+            let poll = Poll::new()?;
+            poll.registry().register(l, LISTENER, Interest::READABLE)?;
+            mailboxes.push(Arc::new(Mailbox::new(Waker::new(poll.registry(), WAKER)?)));
+            polls.push(poll);
+        }
+        let shared = Arc::new(Shared {
+            metrics: (0..n).map(|_| LoopMetrics::default()).collect(),
+            open: AtomicUsize::new(0),
+            cfg,
+        });
+        let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout::new(mailboxes.clone()));
+        let mut threads = Vec::with_capacity(n);
+        for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
+            let w = worker::Worker::new(
+                id,
+                poll,
+                listener,
+                shared.clone(),
+                fanout.clone(),
+                mailboxes[id].clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("c100k-loop-{id}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        Ok(Server {
+            local_addr,
+            shared,
+            mailboxes,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Metrics summed over all loops.
+    pub fn metrics(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// Begin a graceful shutdown: stop accepting, send close 1001 to every connection, and let
+    /// the loops exit once drained or after the configured drain timeout.
+    pub fn shutdown(&self) {
+        for mb in &self.mailboxes {
+            mb.send(Command::Shutdown {
+                drain: self.shared.cfg.drain_timeout,
+            });
+        }
+    }
+
+    /// Wait for every loop to exit.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Render the `/metrics` body.
+pub(crate) fn metrics_text(shared: &Shared) -> String {
+    metrics::render(&shared.snapshot(), &[])
+}

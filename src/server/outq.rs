@@ -1,0 +1,144 @@
+//! A connection's outbound queue, which exists only while its socket buffer is full.
+//!
+//! Bytes go straight to the socket whenever the queue is empty; what the kernel does not take is
+//! queued here as `Bytes` segments (a relayed frame is shared, not copied, between recipients)
+//! and written with `writev` on the next writable edge. The queue is freed once drained.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// Segments handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    segs: VecDeque<Bytes>,
+    queued: usize,
+    /// The front segment was partly written (it must be finished before anything else is sent).
+    front_started: bool,
+}
+
+impl OutQueue {
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    pub fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.queued += b.len();
+            self.segs.push_back(b);
+        }
+    }
+
+    /// Write as much as the socket takes. Returns the bytes written; the queue is empty when
+    /// `is_empty()` afterwards. WouldBlock is not an error (it just stops).
+    pub fn flush(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut written = 0;
+        while !self.segs.is_empty() {
+            let res = if self.segs.len() == 1 {
+                w.write(&self.segs[0])
+            } else {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = self.segs.len().min(MAX_IOV);
+                for (slot, b) in iov.iter_mut().zip(self.segs.iter()) {
+                    *slot = IoSlice::new(b);
+                }
+                w.write_vectored(&iov[..n])
+            };
+            match res {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let front = &mut self.segs[0];
+            if n >= front.len() {
+                n -= front.len();
+                self.segs.pop_front();
+                self.front_started = false;
+            } else {
+                front.advance(n);
+                self.front_started = true;
+                n = 0;
+            }
+        }
+    }
+
+    /// Drop every segment not yet started (to close a slow consumer quickly). A partly written
+    /// front segment is kept so the stream stays well-formed. Returns the bytes dropped.
+    pub fn drop_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.front_started);
+        let dropped: usize = self.segs.iter().skip(keep).map(Bytes::len).sum();
+        self.segs.truncate(keep);
+        self.queued -= dropped;
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that accepts at most `cap` bytes per call, then WouldBlock after `budget` total.
+    struct Trickle {
+        cap: usize,
+        budget: usize,
+        got: Vec<u8>,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.cap).min(self.budget);
+            self.budget -= n;
+            self.got.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn flushes_in_order_across_partial_writes() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"hello "));
+        q.push(Bytes::from_static(b"big "));
+        q.push(Bytes::from_static(b"world"));
+        let mut w = Trickle {
+            cap: 4,
+            budget: 7,
+            got: vec![],
+        };
+        assert_eq!(q.flush(&mut w).unwrap(), 7);
+        assert_eq!(q.queued(), 8);
+        assert_eq!(
+            q.drop_unstarted(),
+            5,
+            "the started 'big ' stays, 'world' goes"
+        );
+        w.budget = 100;
+        q.flush(&mut w).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(w.got, b"hello big ");
+    }
+}
