@@ -63,10 +63,7 @@ pub struct Args {
 
 /// Parse seconds (fractions allowed) into a Duration.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("'{s}' must be a non-negative number of seconds"));
     }

@@ -53,11 +53,7 @@ pub fn raise_nofile(wanted: u64) -> std::io::Result<FdLimit> {
     if wanted > hard {
         let target = wanted.min(nr_open().unwrap_or(wanted));
         if target > hard && setrlimit(Resource::RLIMIT_NOFILE, target, target).is_ok() {
-            return Ok(FdLimit {
-                soft: target,
-                hard: target,
-                wanted,
-            });
+            return Ok(FdLimit { soft: target, hard: target, wanted });
         }
     }
     if soft < hard {
@@ -69,11 +65,7 @@ pub fn raise_nofile(wanted: u64) -> std::io::Result<FdLimit> {
 
 /// The kernel's ceiling for any process's limit.
 fn nr_open() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -92,11 +84,7 @@ mod tests {
 
     #[test]
     fn a_short_limit_says_how_to_raise_it() {
-        let l = FdLimit {
-            soft: 20_000,
-            hard: 20_000,
-            wanted: 100_064,
-        };
+        let l = FdLimit { soft: 20_000, hard: 20_000, wanted: 100_064 };
         let line = l.describe("connections");
         assert!(line.contains("about 19936 connections"), "{line}");
         assert!(line.contains("LimitNOFILE"), "{line}");

@@ -19,10 +19,7 @@ pub struct ProtoError {
 
 impl ProtoError {
     const fn protocol(reason: &'static str) -> Self {
-        ProtoError {
-            code: frame::codes::PROTOCOL,
-            reason,
-        }
+        ProtoError { code: frame::codes::PROTOCOL, reason }
     }
 }
 
@@ -105,11 +102,7 @@ const INITIAL_ASSEMBLY: usize = 16 * 1024;
 
 impl Partial {
     fn is_empty(&self) -> bool {
-        self.hdr_len == 0
-            && self.run.is_none()
-            && self.msg.is_none()
-            && self.ctrl.is_empty()
-            && self.stash.is_empty()
+        self.hdr_len == 0 && self.run.is_none() && self.msg.is_none() && self.ctrl.is_empty() && self.stash.is_empty()
     }
 }
 
@@ -121,20 +114,14 @@ impl Decoder {
 
     /// Bytes held for incomplete input (for accounting and tests).
     pub fn buffered(&self) -> usize {
-        self.st.as_ref().map_or(0, |p| {
-            p.hdr_len as usize + p.ctrl.len() + p.msg.as_ref().map_or(0, |m| m.data.len())
-        })
+        self.st.as_ref().map_or(0, |p| p.hdr_len as usize + p.ctrl.len() + p.msg.as_ref().map_or(0, |m| m.data.len()))
     }
 
     /// Decode the next frame or message from the front of `rest`, splitting the consumed bytes
     /// off it. Returns `Ok(None)` once `rest` is used up (an incomplete tail is kept internally).
     /// Masked payloads are unmasked in place. Returned payloads borrow the consumed part, so the
     /// caller can keep decoding from `rest` while it holds them.
-    pub fn decode<'a>(
-        &mut self,
-        rest: &mut &'a mut [u8],
-        cfg: &DecodeConfig,
-    ) -> Result<Option<Frame<'a>>, ProtoError> {
+    pub fn decode<'a>(&mut self, rest: &mut &'a mut [u8], cfg: &DecodeConfig) -> Result<Option<Frame<'a>>, ProtoError> {
         let result = self.decode_inner(rest, cfg);
         if result.is_err() {
             // After a violation the stream cannot be trusted: drop what is left and held.
@@ -186,13 +173,8 @@ impl Decoder {
                     None => 0,
                 };
                 let p = self.st.get_or_insert_with(Box::default);
-                p.run = Some(Run {
-                    opcode: h.opcode,
-                    fin: h.fin,
-                    mask: h.mask,
-                    phase,
-                    remaining: (len - avail) as u64,
-                });
+                p.run =
+                    Some(Run { opcode: h.opcode, fin: h.fin, mask: h.mask, phase, remaining: (len - avail) as u64 });
                 match h.opcode {
                     OpCode::Control(_) => p.ctrl.extend_from_slice(chunk),
                     _ => {
@@ -210,10 +192,7 @@ impl Decoder {
 
     /// Feed bytes to a frame whose payload is incomplete. Returns an event when that frame (and,
     /// for data, the message) completes.
-    fn continue_run<'a>(
-        &mut self,
-        rest: &mut &'a mut [u8],
-    ) -> Result<Option<Frame<'a>>, ProtoError> {
+    fn continue_run<'a>(&mut self, rest: &mut &'a mut [u8]) -> Result<Option<Frame<'a>>, ProtoError> {
         let Some(p) = self.st.as_deref_mut() else {
             return Ok(None);
         };
@@ -240,10 +219,7 @@ impl Decoder {
         }
         p.run = None;
         match run.opcode {
-            OpCode::Control(c) => Ok(control_frame(
-                c,
-                Payload::Owned(std::mem::take(&mut p.ctrl)),
-            )),
+            OpCode::Control(c) => Ok(control_frame(c, Payload::Owned(std::mem::take(&mut p.ctrl)))),
             _ if run.fin => finish_message(p.msg.take()).map(Some),
             _ => Ok(None),
         }
@@ -288,14 +264,10 @@ impl Decoder {
     /// is buffered).
     fn check_header(&self, h: &Header, cfg: &DecodeConfig) -> Result<(), ProtoError> {
         if h.rsv != 0 {
-            return Err(ProtoError::protocol(
-                "reserved bits set without a negotiated extension",
-            ));
+            return Err(ProtoError::protocol("reserved bits set without a negotiated extension"));
         }
         match (cfg.role, h.mask.is_some()) {
-            (Role::Server, false) => {
-                return Err(ProtoError::protocol("client frame is not masked"))
-            }
+            (Role::Server, false) => return Err(ProtoError::protocol("client frame is not masked")),
             (Role::Client, true) => return Err(ProtoError::protocol("server frame is masked")),
             _ => {}
         }
@@ -319,9 +291,7 @@ impl Decoder {
             }
             OpCode::Data(_) => {
                 if in_progress.is_some() {
-                    return Err(ProtoError::protocol(
-                        "new message before the previous one ended",
-                    ));
+                    return Err(ProtoError::protocol("new message before the previous one ended"));
                 }
                 if h.payload_len > cfg.max_message as u64 {
                     return Err(too_big());
@@ -332,18 +302,11 @@ impl Decoder {
     }
 
     /// A frame whose whole payload is in the buffer.
-    fn complete_frame<'a>(
-        &mut self,
-        h: &Header,
-        payload: &'a [u8],
-    ) -> Result<Option<Frame<'a>>, ProtoError> {
+    fn complete_frame<'a>(&mut self, h: &Header, payload: &'a [u8]) -> Result<Option<Frame<'a>>, ProtoError> {
         match h.opcode {
             OpCode::Control(c) => Ok(control_frame(c, Payload::Borrowed(payload))),
             OpCode::Data(Data::Continue) => {
-                let p = self
-                    .st
-                    .as_deref_mut()
-                    .expect("checked: a message is in progress");
+                let p = self.st.as_deref_mut().expect("checked: a message is in progress");
                 let m = p.msg.as_mut().expect("checked: a message is in progress");
                 append(m, payload)?;
                 if h.fin {
@@ -359,17 +322,9 @@ impl Decoder {
                         return Err(invalid_utf8());
                     }
                     let p = Payload::Borrowed(payload);
-                    return Ok(Some(if text {
-                        Frame::Text(p)
-                    } else {
-                        Frame::Binary(p)
-                    }));
+                    return Ok(Some(if text { Frame::Text(p) } else { Frame::Binary(p) }));
                 }
-                let mut m = Message {
-                    text,
-                    data: payload.to_vec(),
-                    utf8: Utf8Stream::default(),
-                };
+                let mut m = Message { text, data: payload.to_vec(), utf8: Utf8Stream::default() };
                 if text {
                     m.utf8.feed(payload).map_err(|_| invalid_utf8())?;
                 }
@@ -387,11 +342,7 @@ impl Decoder {
 
     /// Take the stash (see [`Decoder::stash`]), freeing the state box if nothing else is held.
     pub fn take_stash(&mut self) -> Vec<u8> {
-        let v = self
-            .st
-            .as_mut()
-            .map(|p| std::mem::take(&mut p.stash))
-            .unwrap_or_default();
+        let v = self.st.as_mut().map(|p| std::mem::take(&mut p.stash)).unwrap_or_default();
         self.settle();
         v
     }
@@ -447,17 +398,11 @@ fn header_error(e: HeaderError) -> ProtoError {
 }
 
 fn too_big() -> ProtoError {
-    ProtoError {
-        code: frame::codes::TOO_BIG,
-        reason: "message too big",
-    }
+    ProtoError { code: frame::codes::TOO_BIG, reason: "message too big" }
 }
 
 fn invalid_utf8() -> ProtoError {
-    ProtoError {
-        code: frame::codes::INVALID_PAYLOAD,
-        reason: "invalid UTF-8 in text message",
-    }
+    ProtoError { code: frame::codes::INVALID_PAYLOAD, reason: "invalid UTF-8 in text message" }
 }
 
 #[cfg(test)]
@@ -465,23 +410,14 @@ mod tests {
     use super::*;
     use crate::proto::frame::{write_header, Control, Data};
 
-    const SERVER: DecodeConfig = DecodeConfig {
-        role: Role::Server,
-        max_message: 1 << 16,
-    };
+    const SERVER: DecodeConfig = DecodeConfig { role: Role::Server, max_message: 1 << 16 };
 
     /// A client frame: masked, with explicit FIN/opcode bits.
     fn cf(first: u8, payload: &[u8]) -> Vec<u8> {
         let key = [0xa1, 0xb2, 0xc3, 0xd4];
         let mut out = Vec::new();
         let opcode = OpCode::from(first & 0x0f);
-        write_header(
-            &mut out,
-            first & 0x80 != 0,
-            opcode,
-            payload.len() as u64,
-            Some(key),
-        );
+        write_header(&mut out, first & 0x80 != 0, opcode, payload.len() as u64, Some(key));
         out[0] |= first & 0x70; // RSV bits, if a test wants them
         let start = out.len();
         out.extend_from_slice(payload);
@@ -604,73 +540,27 @@ mod tests {
     #[test]
     fn violations_map_to_close_codes() {
         let unmasked = [0x81, 0x02, b'h', b'i'];
-        assert_eq!(
-            first_error(&unmasked, &SERVER),
-            Some(1002),
-            "unmasked client frame"
-        );
-        assert_eq!(
-            first_error(&cf(0xc1, b"x"), &SERVER),
-            Some(1002),
-            "RSV1 without extension"
-        );
-        assert_eq!(
-            first_error(&cf(0x83, b""), &SERVER),
-            Some(1002),
-            "reserved data opcode"
-        );
-        assert_eq!(
-            first_error(&cf(0x8b, b""), &SERVER),
-            Some(1002),
-            "reserved control opcode"
-        );
-        assert_eq!(
-            first_error(&cf(0x89, &[0; 126]), &SERVER),
-            Some(1002),
-            "control over 125 bytes"
-        );
-        assert_eq!(
-            first_error(&cf(0x09, b""), &SERVER),
-            Some(1002),
-            "fragmented ping"
-        );
-        assert_eq!(
-            first_error(&cf(0x80, b"x"), &SERVER),
-            Some(1002),
-            "continuation without start"
-        );
+        assert_eq!(first_error(&unmasked, &SERVER), Some(1002), "unmasked client frame");
+        assert_eq!(first_error(&cf(0xc1, b"x"), &SERVER), Some(1002), "RSV1 without extension");
+        assert_eq!(first_error(&cf(0x83, b""), &SERVER), Some(1002), "reserved data opcode");
+        assert_eq!(first_error(&cf(0x8b, b""), &SERVER), Some(1002), "reserved control opcode");
+        assert_eq!(first_error(&cf(0x89, &[0; 126]), &SERVER), Some(1002), "control over 125 bytes");
+        assert_eq!(first_error(&cf(0x09, b""), &SERVER), Some(1002), "fragmented ping");
+        assert_eq!(first_error(&cf(0x80, b"x"), &SERVER), Some(1002), "continuation without start");
         let mut two = cf(0x01, b"a");
         two.extend(cf(0x81, b"b"));
-        assert_eq!(
-            first_error(&two, &SERVER),
-            Some(1002),
-            "new message inside a fragmented one"
-        );
-        assert_eq!(
-            first_error(&cf(0x81, b"\xff"), &SERVER),
-            Some(1007),
-            "invalid UTF-8"
-        );
+        assert_eq!(first_error(&two, &SERVER), Some(1002), "new message inside a fragmented one");
+        assert_eq!(first_error(&cf(0x81, b"\xff"), &SERVER), Some(1007), "invalid UTF-8");
         let mut frag = cf(0x01, b"ok");
         frag.extend(cf(0x80, b"\xc0\xaf"));
-        assert_eq!(
-            first_error(&frag, &SERVER),
-            Some(1007),
-            "invalid UTF-8 across fragments"
-        );
+        assert_eq!(first_error(&frag, &SERVER), Some(1007), "invalid UTF-8 across fragments");
     }
 
     #[test]
     fn too_big_is_refused_from_the_header_alone() {
         let mut d = Decoder::default();
         let mut hdr = Vec::new();
-        write_header(
-            &mut hdr,
-            true,
-            OpCode::Data(Data::Binary),
-            1 << 20,
-            Some([1, 2, 3, 4]),
-        );
+        write_header(&mut hdr, true, OpCode::Data(Data::Binary), 1 << 20, Some([1, 2, 3, 4]));
         let mut rest: &mut [u8] = &mut hdr; // no payload sent at all
         assert_eq!(d.decode(&mut rest, &SERVER).unwrap_err().code, 1009);
         // Fragments that together exceed the limit.
@@ -690,10 +580,7 @@ mod tests {
 
     #[test]
     fn client_role_rejects_masked_frames() {
-        let client = DecodeConfig {
-            role: Role::Client,
-            max_message: 1024,
-        };
+        let client = DecodeConfig { role: Role::Client, max_message: 1024 };
         assert_eq!(first_error(&cf(0x81, b"x"), &client), Some(1002));
         let mut plain = Vec::new();
         crate::proto::frame::write_frame(&mut plain, OpCode::Control(Control::Pong), b"p");

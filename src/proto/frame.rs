@@ -74,14 +74,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, HeaderError> {
 /// Append a frame header to `out`. `mask` is Some only for client frames.
 #[inline]
 pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: OpCode, len: u64, mask: Option<[u8; 4]>) {
-    let header = FrameHeader {
-        is_final: fin,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode,
-        mask,
-    };
+    let header = FrameHeader { is_final: fin, rsv1: false, rsv2: false, rsv3: false, opcode, mask };
     // Writing into a Vec cannot fail.
     let _ = header.format(len, out);
 }
@@ -185,9 +178,7 @@ mod tests {
             let mut ours = Vec::new();
             write_frame(&mut ours, OpCode::Data(Data::Text), &payload);
             let mut theirs = Vec::new();
-            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
-                .format(&mut theirs)
-                .unwrap();
+            Frame::message(payload.clone(), OpCode::Data(Data::Text), true).format(&mut theirs).unwrap();
             assert_eq!(ours, theirs, "len {len}");
         }
     }
@@ -195,12 +186,7 @@ mod tests {
     #[test]
     fn parse_roundtrip_masked_and_partial() {
         let mut buf = Vec::new();
-        write_masked_frame(
-            &mut buf,
-            OpCode::Data(Data::Binary),
-            &[9; 300],
-            [1, 2, 3, 4],
-        );
+        write_masked_frame(&mut buf, OpCode::Data(Data::Binary), &[9; 300], [1, 2, 3, 4]);
         // Every strict prefix of the header is "need more".
         for cut in 0..8 {
             assert_eq!(parse_header(&buf[..cut]), Ok(None), "cut {cut}");
@@ -218,14 +204,8 @@ mod tests {
 
     #[test]
     fn rejects_reserved_opcodes_and_huge_lengths() {
-        assert_eq!(
-            parse_header(&[0x83, 0x80, 0, 0, 0, 0]),
-            Err(HeaderError::ReservedOpcode(3))
-        );
-        assert_eq!(
-            parse_header(&[0x8b, 0x80, 0, 0, 0, 0]),
-            Err(HeaderError::ReservedOpcode(0xb))
-        );
+        assert_eq!(parse_header(&[0x83, 0x80, 0, 0, 0, 0]), Err(HeaderError::ReservedOpcode(3)));
+        assert_eq!(parse_header(&[0x8b, 0x80, 0, 0, 0, 0]), Err(HeaderError::ReservedOpcode(0xb)));
         let mut big = vec![0x82, 0xff];
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         big.extend_from_slice(&[0; 4]);
@@ -244,22 +224,10 @@ mod tests {
     fn close_payload_rules() {
         assert_eq!(parse_close(&[]), Ok(CloseInfo::NoCode));
         assert_eq!(parse_close(&[3]), Err(BadClose::Protocol));
-        assert_eq!(
-            parse_close(&close_payload(1000, "bye")),
-            Ok(CloseInfo::Code(1000))
-        );
-        assert_eq!(
-            parse_close(&close_payload(4999, "")),
-            Ok(CloseInfo::Code(4999))
-        );
-        for bad in [
-            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
-            assert_eq!(
-                parse_close(&bad.to_be_bytes()),
-                Err(BadClose::Protocol),
-                "{bad}"
-            );
+        assert_eq!(parse_close(&close_payload(1000, "bye")), Ok(CloseInfo::Code(1000)));
+        assert_eq!(parse_close(&close_payload(4999, "")), Ok(CloseInfo::Code(4999)));
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            assert_eq!(parse_close(&bad.to_be_bytes()), Err(BadClose::Protocol), "{bad}");
         }
         assert_eq!(parse_close(&[0x03, 0xe8, 0xff]), Err(BadClose::Utf8));
     }

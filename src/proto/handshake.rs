@@ -107,9 +107,7 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<String, UpgradeError> {
         return Err(UpgradeError::NotUpgrade);
     }
     if !req.connection_upgrade {
-        return Err(UpgradeError::BadRequest(
-            "Connection header must include 'Upgrade'",
-        ));
+        return Err(UpgradeError::BadRequest("Connection header must include 'Upgrade'"));
     }
     if req.minor_version < 1 {
         return Err(UpgradeError::BadRequest("WebSocket needs HTTP/1.1"));
@@ -122,9 +120,7 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<String, UpgradeError> {
     }
     match req.ws_key {
         Some(key) if is_valid_key(key) => Ok(derive_accept_key(key)),
-        Some(_) => Err(UpgradeError::BadRequest(
-            "Sec-WebSocket-Key must be 16 bytes in base64",
-        )),
+        Some(_) => Err(UpgradeError::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")),
         None => Err(UpgradeError::BadRequest("missing Sec-WebSocket-Key")),
     }
 }
@@ -146,13 +142,7 @@ pub fn write_switching_protocols(out: &mut Vec<u8>, accept: &str) {
 }
 
 /// Append a complete HTTP/1.1 response that ends the connection (`Connection: close`).
-pub fn write_response(
-    out: &mut Vec<u8>,
-    status: u16,
-    extra_headers: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
-) {
+pub fn write_response(out: &mut Vec<u8>, status: u16, extra_headers: &[(&str, &str)], content_type: &str, body: &[u8]) {
     use std::io::Write;
     let _ = write!(
         out,
@@ -185,20 +175,12 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// Does a comma-separated header value contain `token` (case-insensitive)?
 fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token))
+    value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -208,11 +190,7 @@ fn trim(v: &[u8]) -> &[u8] {
 pub fn encode_key(raw: [u8; 16]) -> String {
     let mut s = String::with_capacity(24);
     for chunk in raw.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -255,15 +233,11 @@ pub fn parse_response(buf: &[u8], key: &str) -> ParsedResponse {
         Ok(httparse::Status::Partial) => ParsedResponse::Partial,
         Ok(httparse::Status::Complete(len)) => {
             let expected = derive_accept_key(key.as_bytes());
-            let accept_ok = r.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("sec-websocket-accept")
-                    && trim(h.value) == expected.as_bytes()
-            });
-            ParsedResponse::Complete {
-                status: r.code.unwrap_or(0),
-                accept_ok,
-                len,
-            }
+            let accept_ok = r
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && trim(h.value) == expected.as_bytes());
+            ParsedResponse::Complete { status: r.code.unwrap_or(0), accept_ok, len }
         }
         Err(_) => ParsedResponse::Malformed,
     }
@@ -286,10 +260,7 @@ mod tests {
     fn parses_and_accepts_the_rfc_example() {
         let (req, len) = complete(GOOD);
         assert_eq!(len, GOOD.len());
-        assert_eq!(
-            (req.method, req.path, req.query),
-            ("GET", "/echo", Some("x=1"))
-        );
+        assert_eq!((req.method, req.path, req.query), ("GET", "/echo", Some("x=1")));
         // RFC 6455 §1.3's worked example.
         assert_eq!(check_upgrade(&req).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
@@ -297,50 +268,27 @@ mod tests {
     #[test]
     fn every_prefix_is_partial() {
         for cut in 0..GOOD.len() {
-            assert_eq!(
-                parse_request(&GOOD[..cut], 16 * 1024),
-                ParsedRequest::Partial,
-                "cut {cut}"
-            );
+            assert_eq!(parse_request(&GOOD[..cut], 16 * 1024), ParsedRequest::Partial, "cut {cut}");
         }
     }
 
     #[test]
     fn rejections() {
         let plain = b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert_eq!(
-            check_upgrade(&complete(plain).0),
-            Err(UpgradeError::NotUpgrade)
-        );
+        assert_eq!(check_upgrade(&complete(plain).0), Err(UpgradeError::NotUpgrade));
         let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
-        assert_eq!(
-            check_upgrade(&complete(v8.as_bytes()).0),
-            Err(UpgradeError::BadVersion)
-        );
+        assert_eq!(check_upgrade(&complete(v8.as_bytes()).0), Err(UpgradeError::BadVersion));
         let badkey = String::from_utf8_lossy(GOOD).replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
-        assert!(matches!(
-            check_upgrade(&complete(badkey.as_bytes()).0),
-            Err(UpgradeError::BadRequest(_))
-        ));
-        let nokey = String::from_utf8_lossy(GOOD)
-            .replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
-        assert!(matches!(
-            check_upgrade(&complete(nokey.as_bytes()).0),
-            Err(UpgradeError::BadRequest(_))
-        ));
+        assert!(matches!(check_upgrade(&complete(badkey.as_bytes()).0), Err(UpgradeError::BadRequest(_))));
+        let nokey = String::from_utf8_lossy(GOOD).replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        assert!(matches!(check_upgrade(&complete(nokey.as_bytes()).0), Err(UpgradeError::BadRequest(_))));
         let http10 = String::from_utf8_lossy(GOOD).replace("HTTP/1.1", "HTTP/1.0");
-        assert!(matches!(
-            check_upgrade(&complete(http10.as_bytes()).0),
-            Err(UpgradeError::BadRequest(_))
-        ));
+        assert!(matches!(check_upgrade(&complete(http10.as_bytes()).0), Err(UpgradeError::BadRequest(_))));
     }
 
     #[test]
     fn malformed_and_oversized() {
-        assert_eq!(
-            parse_request(b"\x16\x03\x01garbage\r\n\r\n", 1024),
-            ParsedRequest::Malformed
-        );
+        assert_eq!(parse_request(b"\x16\x03\x01garbage\r\n\r\n", 1024), ParsedRequest::Malformed);
         let mut big = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 20_000));
         assert_eq!(parse_request(&big, 16 * 1024), ParsedRequest::TooLarge);
@@ -365,31 +313,18 @@ mod tests {
         write_switching_protocols(&mut resp, &accept);
         assert_eq!(
             parse_response(&resp, &key),
-            ParsedResponse::Complete {
-                status: 101,
-                accept_ok: true,
-                len: resp.len()
-            }
+            ParsedResponse::Complete { status: 101, accept_ok: true, len: resp.len() }
         );
         assert!(matches!(
             parse_response(&resp, &encode_key([8; 16])),
-            ParsedResponse::Complete {
-                accept_ok: false,
-                ..
-            }
+            ParsedResponse::Complete { accept_ok: false, .. }
         ));
     }
 
     #[test]
     fn error_response_is_complete_http() {
         let mut out = Vec::new();
-        write_response(
-            &mut out,
-            426,
-            &[("Sec-WebSocket-Version", "13")],
-            "text/plain",
-            b"upgrade",
-        );
+        write_response(&mut out, 426, &[("Sec-WebSocket-Version", "13")], "text/plain", b"upgrade");
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));

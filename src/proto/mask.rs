@@ -51,11 +51,7 @@ pub fn random_key() -> [u8; 4] {
 fn seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.finish() | 1
 }
 
@@ -63,12 +59,7 @@ fn seed() -> u64 {
 #[inline]
 fn rotate_key(key: [u8; 4], by: usize) -> [u8; 4] {
     let by = by & 3;
-    [
-        key[by],
-        key[(by + 1) & 3],
-        key[(by + 2) & 3],
-        key[(by + 3) & 3],
-    ]
+    [key[by], key[(by + 1) & 3], key[(by + 2) & 3], key[(by + 3) & 3]]
 }
 
 /// Split into an unaligned head (< 8 bytes), a body that is a multiple of 8 bytes, and a tail.

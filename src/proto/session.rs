@@ -40,10 +40,7 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     fn decode(&self) -> DecodeConfig {
-        DecodeConfig {
-            role: self.role,
-            max_message: self.max_message,
-        }
+        DecodeConfig { role: self.role, max_message: self.max_message }
     }
 }
 
@@ -105,21 +102,12 @@ pub struct Session {
 impl Session {
     /// A server session waiting for the request head.
     pub fn new_handshake(now: u32) -> Self {
-        Session {
-            dec: Decoder::default(),
-            last_rx: now,
-            mark: now,
-            phase: Phase::Handshake,
-            ping_out: false,
-        }
+        Session { dec: Decoder::default(), last_rx: now, mark: now, phase: Phase::Handshake, ping_out: false }
     }
 
     /// A session whose handshake is already done (the client side after a 101).
     pub fn new_open(now: u32) -> Self {
-        Session {
-            phase: Phase::Open,
-            ..Self::new_handshake(now)
-        }
+        Session { phase: Phase::Open, ..Self::new_handshake(now) }
     }
 
     pub fn phase(&self) -> Phase {
@@ -168,23 +156,11 @@ impl Session {
 
     /// Start the closing handshake with `code` (e.g. 1001 on shutdown, 1008 for a slow consumer).
     /// Returns false when the session is not open (nothing written).
-    pub fn close(
-        &mut self,
-        code: u16,
-        reason: &str,
-        now: u32,
-        out: &mut Vec<u8>,
-        role: Role,
-    ) -> bool {
+    pub fn close(&mut self, code: u16, reason: &str, now: u32, out: &mut Vec<u8>, role: Role) -> bool {
         if self.phase != Phase::Open {
             return false;
         }
-        write_control(
-            out,
-            role,
-            Control::Close,
-            &frame::close_payload(code, reason),
-        );
+        write_control(out, role, Control::Close, &frame::close_payload(code, reason));
         self.phase = Phase::Closing;
         self.mark = now;
         true
@@ -216,12 +192,7 @@ impl Session {
                 Ok(None) => return None,
                 Err(e) => {
                     if self.phase == Phase::Open {
-                        write_control(
-                            out,
-                            cfg.role,
-                            Control::Close,
-                            &frame::close_payload(e.code, e.reason),
-                        );
+                        write_control(out, cfg.role, Control::Close, &frame::close_payload(e.code, e.reason));
                     }
                     self.linger(now);
                     return Some(Event::Finish(Ending::Failed(e)));
@@ -239,13 +210,7 @@ impl Session {
         }
     }
 
-    fn on_close(
-        &mut self,
-        payload: &[u8],
-        now: u32,
-        out: &mut Vec<u8>,
-        role: Role,
-    ) -> Event<'static> {
+    fn on_close(&mut self, payload: &[u8], now: u32, out: &mut Vec<u8>, role: Role) -> Event<'static> {
         let was_open = self.phase == Phase::Open;
         self.linger(now);
         if !was_open {
@@ -262,21 +227,12 @@ impl Session {
             }
             Err(bad) => {
                 let e = match bad {
-                    frame::BadClose::Protocol => ProtoError {
-                        code: codes::PROTOCOL,
-                        reason: "invalid close frame",
-                    },
-                    frame::BadClose::Utf8 => ProtoError {
-                        code: codes::INVALID_PAYLOAD,
-                        reason: "close reason is not UTF-8",
-                    },
+                    frame::BadClose::Protocol => ProtoError { code: codes::PROTOCOL, reason: "invalid close frame" },
+                    frame::BadClose::Utf8 => {
+                        ProtoError { code: codes::INVALID_PAYLOAD, reason: "close reason is not UTF-8" }
+                    }
                 };
-                write_control(
-                    out,
-                    role,
-                    Control::Close,
-                    &frame::close_payload(e.code, e.reason),
-                );
+                write_control(out, role, Control::Close, &frame::close_payload(e.code, e.reason));
                 Event::Finish(Ending::Failed(e))
             }
         }
@@ -362,10 +318,7 @@ mod tests {
         let mut d = Decoder::default();
         let mut data = out.to_vec();
         let mut rest: &mut [u8] = &mut data;
-        let cfg = DecodeConfig {
-            role: Role::Client,
-            max_message: 1 << 20,
-        };
+        let cfg = DecodeConfig { role: Role::Client, max_message: 1 << 20 };
         let mut v = Vec::new();
         while let Some(f) = d.decode(&mut rest, &cfg).unwrap() {
             v.push(match f {
@@ -398,10 +351,7 @@ mod tests {
         let mut rest: &mut [u8] = &mut input;
         let ev = s.feed(&mut rest, 5, &mut out, &CFG);
         assert!(matches!(ev, Some(Event::Message { text: true, ref data }) if &data[..] == b"{}"));
-        assert_eq!(
-            frames(&out),
-            vec![(OpCode::Control(Control::Pong), b"abc".to_vec())]
-        );
+        assert_eq!(frames(&out), vec![(OpCode::Control(Control::Pong), b"abc".to_vec())]);
         assert_eq!(s.last_rx(), 5);
     }
 
@@ -409,39 +359,25 @@ mod tests {
     fn peer_close_is_echoed_and_finishes() {
         for (payload, want_reply, ending) in [
             (vec![0x03, 0xe8], Some(1000), Ending::PeerClosed(Some(1000))),
-            (
-                vec![0x0f, 0xa0, b'b', b'y', b'e'],
-                Some(4000),
-                Ending::PeerClosed(Some(4000)),
-            ),
+            (vec![0x0f, 0xa0, b'b', b'y', b'e'], Some(4000), Ending::PeerClosed(Some(4000))),
             (vec![], None, Ending::PeerClosed(None)),
         ] {
             let mut s = open(0);
             let mut input = client(OpCode::Control(Control::Close), &payload);
             let mut out = Vec::new();
             let mut rest: &mut [u8] = &mut input;
-            assert_eq!(
-                s.feed(&mut rest, 1, &mut out, &CFG),
-                Some(Event::Finish(ending))
-            );
+            assert_eq!(s.feed(&mut rest, 1, &mut out, &CFG), Some(Event::Finish(ending)));
             assert_eq!(s.phase(), Phase::Linger);
             let f = frames(&out);
             assert_eq!(f.len(), 1);
             assert_eq!(f[0].0, OpCode::Control(Control::Close));
-            assert_eq!(
-                want_reply,
-                (!f[0].1.is_empty()).then(|| close_code(&f[0].1))
-            );
+            assert_eq!(want_reply, (!f[0].1.is_empty()).then(|| close_code(&f[0].1)));
         }
     }
 
     #[test]
     fn invalid_close_payloads_fail_with_the_right_code() {
-        for (payload, code) in [
-            (vec![0x03], 1002),
-            (vec![0x03, 0xed], 1002),
-            (vec![0x03, 0xe8, 0xff], 1007),
-        ] {
+        for (payload, code) in [(vec![0x03], 1002), (vec![0x03, 0xed], 1002), (vec![0x03, 0xe8, 0xff], 1007)] {
             let mut s = open(0);
             let mut input = client(OpCode::Control(Control::Close), &payload);
             let mut out = Vec::new();
@@ -479,10 +415,7 @@ mod tests {
         assert_eq!(frames(&out), vec![(OpCode::Control(Control::Ping), vec![])]);
         out.clear();
         assert_eq!(s.on_timer(110, &mut out, &CFG), TimerAction::Rearm(10));
-        assert_eq!(
-            s.on_timer(120, &mut out, &CFG),
-            TimerAction::Expired(Expiry::Heartbeat)
-        );
+        assert_eq!(s.on_timer(120, &mut out, &CFG), TimerAction::Expired(Expiry::Heartbeat));
         assert!(out.is_empty());
     }
 
@@ -494,11 +427,7 @@ mod tests {
         let mut pong = client(OpCode::Control(Control::Pong), b"");
         let mut rest: &mut [u8] = &mut pong;
         assert_eq!(s.feed(&mut rest, 105, &mut out, &CFG), None);
-        assert_eq!(
-            s.on_timer(120, &mut out, &CFG),
-            TimerAction::Rearm(85),
-            "next ping 100 ticks after the pong"
-        );
+        assert_eq!(s.on_timer(120, &mut out, &CFG), TimerAction::Rearm(85), "next ping 100 ticks after the pong");
         // Traffic alone (no timer work) pushes the next ping back.
         let mut msg = client(OpCode::Data(Data::Binary), b"x");
         let mut rest: &mut [u8] = &mut msg;
@@ -509,14 +438,8 @@ mod tests {
     #[test]
     fn heartbeats_can_be_disabled() {
         let mut s = open(0);
-        let cfg = SessionConfig {
-            ping_interval: 0,
-            ..CFG
-        };
-        assert_eq!(
-            s.on_timer(1_000_000, &mut Vec::new(), &cfg),
-            TimerAction::Idle
-        );
+        let cfg = SessionConfig { ping_interval: 0, ..CFG };
+        assert_eq!(s.on_timer(1_000_000, &mut Vec::new(), &cfg), TimerAction::Idle);
     }
 
     #[test]
@@ -525,19 +448,13 @@ mod tests {
         let mut out = Vec::new();
         assert!(s.close(1001, "going away", 10, &mut out, Role::Server));
         assert_eq!(close_code(&frames(&out)[0].1), 1001);
-        assert!(
-            !s.close(1001, "again", 11, &mut out, Role::Server),
-            "only once"
-        );
+        assert!(!s.close(1001, "again", 11, &mut out, Role::Server), "only once");
         // Data after our close is dropped; the peer's close completes the handshake.
         let mut input = client(OpCode::Data(Data::Text), b"late");
         input.extend(client(OpCode::Control(Control::Close), &[0x03, 0xe9]));
         let mut rest: &mut [u8] = &mut input;
         out.clear();
-        assert_eq!(
-            s.feed(&mut rest, 12, &mut out, &CFG),
-            Some(Event::Finish(Ending::Acknowledged))
-        );
+        assert_eq!(s.feed(&mut rest, 12, &mut out, &CFG), Some(Event::Finish(Ending::Acknowledged)));
         assert!(out.is_empty(), "no second close frame");
         assert_eq!(s.phase(), Phase::Linger);
     }
@@ -548,29 +465,16 @@ mod tests {
         let mut out = Vec::new();
         s.close(1000, "", 10, &mut out, Role::Server);
         assert_eq!(s.on_timer(30, &mut out, &CFG), TimerAction::Rearm(10));
-        assert_eq!(
-            s.on_timer(40, &mut out, &CFG),
-            TimerAction::Expired(Expiry::Closing)
-        );
+        assert_eq!(s.on_timer(40, &mut out, &CFG), TimerAction::Expired(Expiry::Closing));
         let mut h = Session::new_handshake(0);
         assert_eq!(h.on_timer(49, &mut out, &CFG), TimerAction::Rearm(1));
-        assert_eq!(
-            h.on_timer(50, &mut out, &CFG),
-            TimerAction::Expired(Expiry::Handshake)
-        );
+        assert_eq!(h.on_timer(50, &mut out, &CFG), TimerAction::Expired(Expiry::Handshake));
         h.linger(60);
-        assert_eq!(
-            h.on_timer(90, &mut out, &CFG),
-            TimerAction::Expired(Expiry::Linger)
-        );
+        assert_eq!(h.on_timer(90, &mut out, &CFG), TimerAction::Expired(Expiry::Linger));
     }
 
     #[test]
     fn session_is_small() {
-        assert!(
-            std::mem::size_of::<Session>() <= 24,
-            "{}",
-            std::mem::size_of::<Session>()
-        );
+        assert!(std::mem::size_of::<Session>() <= 24, "{}", std::mem::size_of::<Session>());
     }
 }

@@ -37,6 +37,11 @@ pub mod flags {
     pub const WR_SHUT: u8 = 2;
     /// The peer closed its writing side.
     pub const PEER_EOF: u8 = 4;
+    /// The closing handshake is complete: close the socket as soon as our last bytes are out
+    /// (RFC 6455 §7.1.1: the server closes TCP first). Without it, a finished connection is
+    /// half-closed and kept until the peer's EOF, so a peer still sending cannot RST away our
+    /// last bytes (failures, HTTP rejections).
+    pub const CLOSE_WHEN_FLUSHED: u8 = 8;
 }
 
 #[derive(Debug)]
@@ -68,10 +73,7 @@ impl Conn {
             stream,
             gen,
             timer: 0,
-            seat: Seat {
-                room: NO_ROOM,
-                pos: 0,
-            },
+            seat: Seat { room: NO_ROOM, pos: 0 },
             route: Route::None,
             flags: 0,
             sess,
@@ -93,22 +95,13 @@ impl Conn {
     pub fn send_bytes(&mut self, b: &Bytes) -> Sent {
         if let Some(q) = self.out.as_mut() {
             q.push(b.clone());
-            return Sent::Ok {
-                written: 0,
-                queued: b.len(),
-            };
+            return Sent::Ok { written: 0, queued: b.len() };
         }
         match write_once(&mut self.stream, b) {
-            Ok(n) if n == b.len() => Sent::Ok {
-                written: n,
-                queued: 0,
-            },
+            Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
             Ok(n) => {
-                self.queue().push(b.slice(n..));
-                Sent::Ok {
-                    written: n,
-                    queued: b.len() - n,
-                }
+                self.queue().push_rest(b.slice(n..), n > 0);
+                Sent::Ok { written: n, queued: b.len() - n }
             }
             Err(_) => Sent::Broken,
         }
@@ -118,29 +111,17 @@ impl Conn {
     /// the queue.
     pub fn send_slice(&mut self, b: &[u8]) -> Sent {
         if b.is_empty() {
-            return Sent::Ok {
-                written: 0,
-                queued: 0,
-            };
+            return Sent::Ok { written: 0, queued: 0 };
         }
         if let Some(q) = self.out.as_mut() {
             q.push(Bytes::copy_from_slice(b));
-            return Sent::Ok {
-                written: 0,
-                queued: b.len(),
-            };
+            return Sent::Ok { written: 0, queued: b.len() };
         }
         match write_once(&mut self.stream, b) {
-            Ok(n) if n == b.len() => Sent::Ok {
-                written: n,
-                queued: 0,
-            },
+            Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
             Ok(n) => {
-                self.queue().push(Bytes::copy_from_slice(&b[n..]));
-                Sent::Ok {
-                    written: n,
-                    queued: b.len() - n,
-                }
+                self.queue().push_rest(Bytes::copy_from_slice(&b[n..]), n > 0);
+                Sent::Ok { written: n, queued: b.len() - n }
             }
             Err(_) => Sent::Broken,
         }

@@ -105,10 +105,7 @@ metrics! {
 pub fn render(s: &Snapshot, extra: &[(&str, &str, &str, u64)]) -> String {
     let mut out = String::with_capacity(4096);
     for (name, kind, help, v) in s.entries().into_iter().chain(extra.iter().copied()) {
-        let _ = writeln!(
-            out,
-            "# HELP c100k_{name} {help}\n# TYPE c100k_{name} {kind}\nc100k_{name} {v}"
-        );
+        let _ = writeln!(out, "# HELP c100k_{name} {help}\n# TYPE c100k_{name} {kind}\nc100k_{name} {v}");
     }
     out
 }

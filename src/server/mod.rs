@@ -130,26 +130,10 @@ impl Server {
         let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout::new(mailboxes.clone()));
         let mut threads = Vec::with_capacity(n);
         for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-            let w = worker::Worker::new(
-                id,
-                poll,
-                listener,
-                shared.clone(),
-                fanout.clone(),
-                mailboxes[id].clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("c100k-loop-{id}"))
-                    .spawn(move || w.run())?,
-            );
+            let w = worker::Worker::new(id, poll, listener, shared.clone(), fanout.clone(), mailboxes[id].clone());
+            threads.push(std::thread::Builder::new().name(format!("c100k-loop-{id}")).spawn(move || w.run())?);
         }
-        Ok(Server {
-            local_addr,
-            shared,
-            mailboxes,
-            threads,
-        })
+        Ok(Server { local_addr, shared, mailboxes, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -161,13 +145,16 @@ impl Server {
         self.shared.snapshot()
     }
 
+    /// Metrics of each loop separately (index = loop id).
+    pub fn loop_metrics(&self) -> Vec<Snapshot> {
+        self.shared.metrics.iter().map(LoopMetrics::snapshot).collect()
+    }
+
     /// Begin a graceful shutdown: stop accepting, send close 1001 to every connection, and let
     /// the loops exit once drained or after the configured drain timeout.
     pub fn shutdown(&self) {
         for mb in &self.mailboxes {
-            mb.send(Command::Shutdown {
-                drain: self.shared.cfg.drain_timeout,
-            });
+            mb.send(Command::Shutdown { drain: self.shared.cfg.drain_timeout });
         }
     }
 

@@ -36,6 +36,15 @@ impl OutQueue {
         }
     }
 
+    /// Queue what a partial write left over. If the queue was empty and some bytes of the buffer
+    /// were already written, its front is now the tail of a started frame and must not be dropped.
+    pub fn push_rest(&mut self, rest: Bytes, some_written: bool) {
+        if self.segs.is_empty() && some_written && !rest.is_empty() {
+            self.front_started = true;
+        }
+        self.push(rest);
+    }
+
     /// Write as much as the socket takes. Returns the bytes written; the queue is empty when
     /// `is_empty()` afterwards. WouldBlock is not an error (it just stops).
     pub fn flush(&mut self, w: &mut impl Write) -> io::Result<usize> {
@@ -119,23 +128,27 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_a_partial_write_is_never_dropped() {
+        let mut q = OutQueue::default();
+        q.push_rest(Bytes::from_static(b"tail of a frame"), true);
+        q.push(Bytes::from_static(b"next frame"));
+        assert_eq!(q.drop_unstarted(), 10);
+        assert_eq!(q.queued(), 15);
+        let mut q = OutQueue::default();
+        q.push_rest(Bytes::from_static(b"nothing written yet"), false);
+        assert_eq!(q.drop_unstarted(), 19);
+    }
+
+    #[test]
     fn flushes_in_order_across_partial_writes() {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"hello "));
         q.push(Bytes::from_static(b"big "));
         q.push(Bytes::from_static(b"world"));
-        let mut w = Trickle {
-            cap: 4,
-            budget: 7,
-            got: vec![],
-        };
+        let mut w = Trickle { cap: 4, budget: 7, got: vec![] };
         assert_eq!(q.flush(&mut w).unwrap(), 7);
         assert_eq!(q.queued(), 8);
-        assert_eq!(
-            q.drop_unstarted(),
-            5,
-            "the started 'big ' stays, 'world' goes"
-        );
+        assert_eq!(q.drop_unstarted(), 5, "the started 'big ' stays, 'world' goes");
         w.budget = 100;
         q.flush(&mut w).unwrap();
         assert!(q.is_empty());

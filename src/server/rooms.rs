@@ -66,11 +66,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(loops: usize) -> Self {
-        Registry {
-            rooms: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            loops,
-        }
+        Registry { rooms: Mutex::default(), next_id: AtomicU64::new(1), loops }
     }
 
     /// Loop `l` now has a member in `name`.
@@ -80,9 +76,7 @@ impl Registry {
             Arc::new(RoomShared {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 name: name.into(),
-                loops: (0..self.loops.div_ceil(64))
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
+                loops: (0..self.loops.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             })
         });
         room.set(l, true);
@@ -120,18 +114,11 @@ pub struct Mailbox {
 
 impl Mailbox {
     pub fn new(waker: mio::Waker) -> Self {
-        Mailbox {
-            queue: Mutex::default(),
-            pending: AtomicBool::new(false),
-            waker,
-        }
+        Mailbox { queue: Mutex::default(), pending: AtomicBool::new(false), waker }
     }
 
     pub fn send(&self, cmd: Command) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(cmd);
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(cmd);
         if !self.pending.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
                 log::error!("waking an event loop failed: {e}");
@@ -172,10 +159,7 @@ pub struct LocalFanout {
 
 impl LocalFanout {
     pub fn new(mailboxes: Vec<Arc<Mailbox>>) -> Self {
-        LocalFanout {
-            registry: Registry::new(mailboxes.len()),
-            mailboxes,
-        }
+        LocalFanout { registry: Registry::new(mailboxes.len()), mailboxes }
     }
 }
 
@@ -192,10 +176,7 @@ impl Fanout for LocalFanout {
         let mut n = 0;
         for other in room.other_loops(l) {
             if let Some(mb) = self.mailboxes.get(other) {
-                mb.send(Command::Deliver {
-                    room: room.id,
-                    frame: frame.clone(),
-                });
+                mb.send(Command::Deliver { room: room.id, frame: frame.clone() });
                 n += 1;
             }
         }
@@ -234,10 +215,7 @@ impl LocalRooms {
             None => {
                 let shared = fanout.join(l, name);
                 let id = shared.id;
-                let i = self.rooms.insert(LocalRoom {
-                    shared,
-                    members: Vec::new(),
-                }) as u32;
+                let i = self.rooms.insert(LocalRoom { shared, members: Vec::new() }) as u32;
                 self.by_name.insert(name.into(), i);
                 self.by_id.insert(id, i);
                 i
@@ -245,10 +223,7 @@ impl LocalRooms {
         };
         let room = &mut self.rooms[idx as usize];
         room.members.push(key);
-        Seat {
-            room: idx,
-            pos: (room.members.len() - 1) as u32,
-        }
+        Seat { room: idx, pos: (room.members.len() - 1) as u32 }
     }
 
     /// Remove the member at `seat`. Returns the key of the member moved into its place (whose
@@ -333,28 +308,8 @@ mod tests {
         assert_eq!((s1.pos, s3.pos), (0, 2));
         assert_eq!(rooms.leave(&f, 0, s1), Some(12), "12 moved into slot 0");
         assert_eq!(rooms.get(s1.room).unwrap().members, vec![12, 11]);
-        assert_eq!(
-            rooms.leave(
-                &f,
-                0,
-                Seat {
-                    room: s1.room,
-                    pos: 1
-                }
-            ),
-            None
-        );
-        assert_eq!(
-            rooms.leave(
-                &f,
-                0,
-                Seat {
-                    room: s1.room,
-                    pos: 0
-                }
-            ),
-            None
-        );
+        assert_eq!(rooms.leave(&f, 0, Seat { room: s1.room, pos: 1 }), None);
+        assert_eq!(rooms.leave(&f, 0, Seat { room: s1.room, pos: 0 }), None);
         assert!(rooms.is_empty());
     }
 }

@@ -14,16 +14,9 @@ pub const MAX_ROOM_NAME: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Complete the handshake with this `Sec-WebSocket-Accept`; join `room` if any, else echo.
-    Upgrade {
-        accept: String,
-        room: Option<String>,
-    },
+    Upgrade { accept: String, room: Option<String> },
     /// Answer with plain HTTP and end the connection.
-    Respond {
-        status: u16,
-        headers: &'static [(&'static str, &'static str)],
-        body: Body,
-    },
+    Respond { status: u16, headers: &'static [(&'static str, &'static str)], body: Body },
 }
 
 /// Body of a plain HTTP answer.
@@ -46,11 +39,7 @@ const ALLOW_GET: &[(&str, &str)] = &[("Allow", "GET")];
 const UPGRADE_WS: &[(&str, &str)] = &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")];
 
 fn respond(status: u16, body: &'static str) -> Decision {
-    Decision::Respond {
-        status,
-        headers: &[],
-        body: Body::Text(body),
-    }
+    Decision::Respond { status, headers: &[], body: Body::Text(body) }
 }
 
 /// Decide the answer to `req`.
@@ -58,30 +47,16 @@ pub fn route(req: &Request<'_>) -> Decision {
     let get = req.method == "GET";
     let wants_room = match req.path {
         "/healthz" | "/metrics" if !get => {
-            return Decision::Respond {
-                status: 405,
-                headers: ALLOW_GET,
-                body: Body::Text("method not allowed\n"),
-            }
+            return Decision::Respond { status: 405, headers: ALLOW_GET, body: Body::Text("method not allowed\n") }
         }
         "/healthz" => return respond(200, "ok\n"),
-        "/metrics" => {
-            return Decision::Respond {
-                status: 200,
-                headers: &[],
-                body: Body::Metrics,
-            }
-        }
+        "/metrics" => return Decision::Respond { status: 200, headers: &[], body: Body::Metrics },
         "/echo" => false,
         "/" | "/ws" => true,
         _ => return respond(404, "not found\n"),
     };
     if !get {
-        return Decision::Respond {
-            status: 405,
-            headers: ALLOW_GET,
-            body: Body::Text("WebSocket needs GET\n"),
-        };
+        return Decision::Respond { status: 405, headers: ALLOW_GET, body: Body::Text("WebSocket needs GET\n") };
     }
     let accept = match check_upgrade(req) {
         Ok(a) => a,
@@ -89,9 +64,7 @@ pub fn route(req: &Request<'_>) -> Decision {
             return Decision::Respond {
                 status: 426,
                 headers: UPGRADE_WS,
-                body: Body::Text(
-                    "this is a WebSocket endpoint: send an Upgrade: websocket request\n",
-                ),
+                body: Body::Text("this is a WebSocket endpoint: send an Upgrade: websocket request\n"),
             }
         }
         Err(UpgradeError::BadVersion) => {
@@ -102,26 +75,15 @@ pub fn route(req: &Request<'_>) -> Decision {
             }
         }
         Err(UpgradeError::BadRequest(why)) => {
-            return Decision::Respond {
-                status: 400,
-                headers: &[],
-                body: Body::Owned(format!("{why}\n")),
-            }
+            return Decision::Respond { status: 400, headers: &[], body: Body::Owned(format!("{why}\n")) }
         }
     };
     if !wants_room {
         return Decision::Upgrade { accept, room: None };
     }
     match room_param(req.query) {
-        Ok(room) => Decision::Upgrade {
-            accept,
-            room: Some(room),
-        },
-        Err(why) => Decision::Respond {
-            status: 400,
-            headers: &[],
-            body: Body::Text(why),
-        },
+        Ok(room) => Decision::Upgrade { accept, room: Some(room) },
+        Err(why) => Decision::Respond { status: 400, headers: &[], body: Body::Text(why) },
     }
 }
 
@@ -200,48 +162,25 @@ mod tests {
         assert_eq!(status(&decide("GET /nope HTTP/1.1\r\n\r\n")), 404);
         assert_eq!(
             decide(&ws("/echo")),
-            Decision::Upgrade {
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
-                room: None
-            }
+            Decision::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(), room: None }
         );
-        assert!(
-            matches!(decide(&ws("/ws?room=lobby")), Decision::Upgrade { room: Some(r), .. } if r == "lobby")
-        );
-        assert!(
-            matches!(decide(&ws("/?x=1&room=a%20b+c")), Decision::Upgrade { room: Some(r), .. } if r == "a b c")
-        );
+        assert!(matches!(decide(&ws("/ws?room=lobby")), Decision::Upgrade { room: Some(r), .. } if r == "lobby"));
+        assert!(matches!(decide(&ws("/?x=1&room=a%20b+c")), Decision::Upgrade { room: Some(r), .. } if r == "a b c"));
     }
 
     #[test]
     fn rejections() {
-        assert_eq!(
-            status(&decide("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")),
-            426
-        );
+        assert_eq!(status(&decide("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")), 426);
         assert_eq!(status(&decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")), 426);
         assert_eq!(status(&decide(&ws("/ws"))), 400);
         assert_eq!(status(&decide(&ws("/ws?room="))), 400);
         assert_eq!(status(&decide(&ws("/ws?room=%zz"))), 400);
-        assert_eq!(
-            status(&decide(&ws(&format!("/ws?room={}", "a".repeat(300))))),
-            400
-        );
-        assert_eq!(
-            status(&decide(&ws("/echo").replacen("GET", "POST", 1))),
-            405
-        );
+        assert_eq!(status(&decide(&ws(&format!("/ws?room={}", "a".repeat(300))))), 400);
+        assert_eq!(status(&decide(&ws("/echo").replacen("GET", "POST", 1))), 405);
         let v = decide(&ws("/echo").replace("Version: 13", "Version: 7"));
         assert_eq!(status(&v), 426);
-        assert!(
-            matches!(v, Decision::Respond { headers, .. } if headers.contains(&("Sec-WebSocket-Version", "13")))
-        );
-        assert_eq!(
-            status(&decide(
-                &ws("/echo").replace("dGhlIHNhbXBsZSBub25jZQ==", "AAAA")
-            )),
-            400
-        );
+        assert!(matches!(v, Decision::Respond { headers, .. } if headers.contains(&("Sec-WebSocket-Version", "13"))));
+        assert_eq!(status(&decide(&ws("/echo").replace("dGhlIHNhbXBsZSBub25jZQ==", "AAAA"))), 400);
         assert!(decide(&ws("/ws")).is_handshake_failure());
         assert!(!decide("GET /healthz HTTP/1.1\r\n\r\n").is_handshake_failure());
     }

@@ -181,11 +181,7 @@ impl Worker {
                     break;
                 }
                 if self.now >= deadline {
-                    log::info!(
-                        "loop {}: drain timeout, dropping {} connections",
-                        self.id,
-                        self.conns.len()
-                    );
+                    log::info!("loop {}: drain timeout, dropping {} connections", self.id, self.conns.len());
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                     for k in keys {
                         self.drop_conn(k);
@@ -203,10 +199,7 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_expiry().map(|ahead| self.now + ahead);
-        for t in [self.accept_retry_at, self.drain_deadline]
-            .into_iter()
-            .flatten()
-        {
+        for t in [self.accept_retry_at, self.drain_deadline].into_iter().flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         next.map(|t| {
@@ -251,10 +244,7 @@ impl Worker {
         self.m().accept_pauses_total.inc();
         self.accept_retry_at = Some(self.now + self.ticks(ACCEPT_RETRY).max(1));
         let warn_every = self.ticks(Duration::from_secs(10));
-        if self
-            .last_accept_warning
-            .is_none_or(|t| self.now >= t + warn_every)
-        {
+        if self.last_accept_warning.is_none_or(|t| self.now >= t + warn_every) {
             self.last_accept_warning = Some(self.now);
             log::warn!(
                 "loop {}: {why}; pausing accepts ({} connections open in this process)",
@@ -278,11 +268,7 @@ impl Worker {
         }
         let gen = self.next_gen;
         let token = Token(((gen as usize) << 32) | key);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
             log::warn!("loop {}: registering a connection failed: {e}", self.id);
             self.m().accept_errors_total.inc();
             return;
@@ -416,12 +402,8 @@ impl Worker {
             match handshake::parse_request(buf, MAX_HEAD) {
                 ParsedRequest::Partial => None,
                 ParsedRequest::Complete { req, len } => Some((routes::route(&req), len)),
-                ParsedRequest::TooLarge => {
-                    Some((plain(431, "request head too large\n"), buf.len()))
-                }
-                ParsedRequest::Malformed => {
-                    Some((plain(400, "malformed HTTP request\n"), buf.len()))
-                }
+                ParsedRequest::TooLarge => Some((plain(431, "request head too large\n"), buf.len())),
+                ParsedRequest::Malformed => Some((plain(400, "malformed HTTP request\n"), buf.len())),
             }
         };
         let Some((decision, len)) = outcome else {
@@ -435,20 +417,12 @@ impl Worker {
             Decision::Upgrade { accept, room } => {
                 self.upgrade(key, &accept, room);
                 // Frames the client sent right behind its request.
-                let rest: &mut [u8] = if stashed {
-                    &mut head[len..]
-                } else {
-                    &mut data[len..]
-                };
+                let rest: &mut [u8] = if stashed { &mut head[len..] } else { &mut data[len..] };
                 if !rest.is_empty() {
                     self.feed_frames(key, rest);
                 }
             }
-            Decision::Respond {
-                status,
-                headers,
-                body,
-            } => self.respond(key, status, headers, body),
+            Decision::Respond { status, headers, body } => self.respond(key, status, headers, body),
         }
     }
 
@@ -457,11 +431,7 @@ impl Worker {
         let now = self.now32();
         let c = &mut self.conns[key];
         c.sess.open(now);
-        c.route = if room.is_some() {
-            Route::Room
-        } else {
-            Route::Echo
-        };
+        c.route = if room.is_some() { Route::Room } else { Route::Echo };
         if let Some(name) = room {
             let seat = self.rooms.join(&*self.fanout, self.id, &name, key as u32);
             self.conns[key].seat = seat;
@@ -481,10 +451,7 @@ impl Worker {
         let (ctype, text) = match body {
             Body::Text(t) => ("text/plain; charset=utf-8", std::borrow::Cow::Borrowed(t)),
             Body::Owned(s) => ("text/plain; charset=utf-8", std::borrow::Cow::Owned(s)),
-            Body::Metrics => (
-                "text/plain; version=0.0.4; charset=utf-8",
-                super::metrics_text(&self.shared).into(),
-            ),
+            Body::Metrics => ("text/plain; version=0.0.4; charset=utf-8", super::metrics_text(&self.shared).into()),
         };
         handshake::write_response(&mut self.wbuf, status, headers, ctype, text.as_bytes());
         if status >= 400 {
@@ -513,14 +480,14 @@ impl Worker {
                     self.on_message(key, text, &data);
                 }
                 Some(Event::Finish(ending)) => {
-                    if let Ending::Failed(e) = ending {
-                        self.m().protocol_errors_total.inc();
-                        log::debug!(
-                            "loop {}: connection failed: {} ({})",
-                            self.id,
-                            e.reason,
-                            e.code
-                        );
+                    match ending {
+                        Ending::Failed(e) => {
+                            self.m().protocol_errors_total.inc();
+                            log::debug!("loop {}: connection failed: {} ({})", self.id, e.reason, e.code);
+                        }
+                        Ending::PeerClosed(_) | Ending::Acknowledged => {
+                            self.conns[key].flags |= flags::CLOSE_WHEN_FLUSHED;
+                        }
                     }
                     self.leave_ws(key);
                     self.arm(key, self.scfg.close_timeout);
@@ -541,11 +508,7 @@ impl Worker {
                     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(data) {
                         self.m().invalid_json_total.inc();
                         let reply = serde_json::json!({ "error": format!("invalid JSON, not relayed: {e}") });
-                        frame::write_frame(
-                            &mut self.wbuf,
-                            OpCode::Data(Data::Text),
-                            reply.to_string().as_bytes(),
-                        );
+                        frame::write_frame(&mut self.wbuf, OpCode::Data(Data::Text), reply.to_string().as_bytes());
                         return;
                     }
                 }
@@ -566,14 +529,7 @@ impl Worker {
     /// Write a framed message to this loop's members of `room` (except the sender). Members
     /// whose queue would pass --max-backlog are closed with 1008 afterwards.
     fn relay_local(&mut self, room: u32, except: Option<u32>, framed: &Bytes) {
-        let Worker {
-            rooms,
-            conns,
-            doomed,
-            shared,
-            id,
-            ..
-        } = self;
+        let Worker { rooms, conns, doomed, shared, id, .. } = self;
         let Some(r) = rooms.get(room) else { return };
         let m = &shared.metrics[*id];
         let max_backlog = shared.cfg.max_backlog;
@@ -593,10 +549,7 @@ impl Worker {
                 continue;
             }
             match c.send_bytes(framed) {
-                Sent::Ok {
-                    written: w,
-                    queued: q,
-                } => {
+                Sent::Ok { written: w, queued: q } => {
                     sent += 1;
                     written += w as u64;
                     queued += q as u64;
@@ -615,15 +568,16 @@ impl Worker {
                 Doom::Broken => self.drop_conn(k as usize),
                 Doom::Slow => {
                     self.m().slow_consumer_closes_total.inc();
+                    log::debug!(
+                        "loop {}: slow consumer {k}: {} bytes queued",
+                        self.id,
+                        self.conns[k as usize].queued()
+                    );
                     if let Some(q) = self.conns[k as usize].out.as_mut() {
                         let dropped = q.drop_unstarted();
                         self.m().outbound_queued_bytes.sub(dropped as u64);
                     }
-                    self.close_with(
-                        k as usize,
-                        codes::POLICY,
-                        "slow consumer: outbound queue over --max-backlog",
-                    );
+                    self.close_with(k as usize, codes::POLICY, "slow consumer: outbound queue over --max-backlog");
                 }
             }
         }
@@ -633,10 +587,7 @@ impl Worker {
     fn close_with(&mut self, key: usize, code: u16, reason: &str) {
         let now = self.now32();
         self.cbuf.clear();
-        if !self.conns[key]
-            .sess
-            .close(code, reason, now, &mut self.cbuf, Role::Server)
-        {
+        if !self.conns[key].sess.close(code, reason, now, &mut self.cbuf, Role::Server) {
             return;
         }
         let sent = self.conns[key].send_slice(&self.cbuf);
@@ -699,12 +650,16 @@ impl Worker {
         }
     }
 
-    /// After the WebSocket ended and everything is written: shut down our side, and close once
-    /// the peer has closed too (lingering close, so the peer reads our last bytes before any RST).
+    /// After the WebSocket ended and everything is written: close now if the closing handshake
+    /// completed; otherwise shut down our side and close once the peer has closed too (lingering
+    /// close, so a peer that is still sending reads our last bytes before any RST).
     fn settle(&mut self, key: usize) {
         let c = &mut self.conns[key];
         if c.sess.phase() != Phase::Linger || c.out.is_some() {
             return;
+        }
+        if c.has(flags::CLOSE_WHEN_FLUSHED) {
+            return self.drop_conn(key);
         }
         if !c.has(flags::WR_SHUT) {
             c.flags |= flags::WR_SHUT;
@@ -734,13 +689,7 @@ impl Worker {
         self.next_timer = self.next_timer.wrapping_add(1);
         let id = self.next_timer;
         self.conns[key].timer = id;
-        self.wheel.schedule(
-            delay,
-            Entry {
-                key: key as u32,
-                id,
-            },
-        );
+        self.wheel.schedule(delay, Entry { key: key as u32, id });
     }
 
     /// Make any scheduled entry of `key` stale.
@@ -810,11 +759,7 @@ impl Worker {
         self.accept_retry_at = None;
         self.drain_deadline = Some(self.now + self.ticks(drain));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        log::info!(
-            "loop {}: shutting down, closing {} connections with 1001",
-            self.id,
-            keys.len()
-        );
+        log::info!("loop {}: shutting down, closing {} connections with 1001", self.id, keys.len());
         for key in keys {
             match self.conns[key].sess.phase() {
                 Phase::Handshake => self.drop_conn(key),
@@ -826,9 +771,5 @@ impl Worker {
 }
 
 fn plain(status: u16, body: &'static str) -> Decision {
-    Decision::Respond {
-        status,
-        headers: &[],
-        body: Body::Text(body),
-    }
+    Decision::Respond { status, headers: &[], body: Body::Text(body) }
 }
