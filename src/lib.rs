@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod limits;
+pub mod mailbox;
 pub mod proto;
 pub mod server;
 pub mod timer;

@@ -1,1 +1,71 @@
-fn main() {}
+//! bench-client: a load generator for 100K+ WebSocket connections with honest HDR latency
+//! reports. The command users run is the coordinator; it re-executes itself as worker processes
+//! (`bench-client __worker`, not for direct use) to hold more sockets than one process can.
+
+mod cli;
+mod clock;
+mod coordinator;
+mod engine;
+mod job;
+mod machine;
+mod net;
+mod payload;
+mod report;
+mod stats;
+mod worker;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if std::env::args().nth(1).as_deref() == Some("__worker") {
+        return match worker::main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-client worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let run = match cli::Cli::parse().plan() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench-client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Ctrl-C: the first stops the run (the report is still written), a second exits at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("bench-client: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    let flag = interrupted.clone();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            eprintln!("bench-client: interrupted, stopping and writing the report (again to quit now)");
+            flag.store(true, Ordering::Relaxed);
+        }
+        if signals.wait().is_ok() {
+            std::process::exit(130);
+        }
+    });
+    match coordinator::run(run, interrupted) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! is another [`Fanout`] implementation; the event loop does not change.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -103,41 +103,8 @@ pub enum Command {
     Shutdown { drain: std::time::Duration },
 }
 
-/// A loop's inbox. Senders coalesce wake-ups: only the first command after the loop last looked
-/// costs a `write(2)` to the eventfd.
-#[derive(Debug)]
-pub struct Mailbox {
-    queue: Mutex<Vec<Command>>,
-    pending: AtomicBool,
-    waker: mio::Waker,
-}
-
-impl Mailbox {
-    pub fn new(waker: mio::Waker) -> Self {
-        Mailbox { queue: Mutex::default(), pending: AtomicBool::new(false), waker }
-    }
-
-    pub fn send(&self, cmd: Command) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(cmd);
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                log::error!("waking an event loop failed: {e}");
-            }
-        }
-    }
-
-    /// Move every queued command into `into`. Clears the pending flag first, so a command sent
-    /// during the drain either is taken now or wakes the loop again.
-    pub fn drain(&self, into: &mut Vec<Command>) {
-        self.pending.store(false, Ordering::SeqCst);
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if into.is_empty() {
-            std::mem::swap(&mut *q, into);
-        } else {
-            into.append(&mut q);
-        }
-    }
-}
+/// A loop's inbox.
+pub type Mailbox = crate::mailbox::Mailbox<Command>;
 
 /// The seam for delivering relayed frames beyond the sending loop.
 pub trait Fanout: Send + Sync + std::fmt::Debug {

@@ -1,0 +1,208 @@
+//! The `bench-client` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::coordinator::Run;
+use crate::job::{Load, Scenario};
+use crate::net::{parse_sources, Target};
+use crate::payload;
+
+/// bench-client: open many WebSocket connections against any RFC 6455 server, drive idle, echo
+/// or room-broadcast load, and write an honest HDR latency report (summary.json, .hgrm, SVG).
+#[derive(Debug, Parser)]
+#[command(name = "bench-client", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Open --conns connections, hold them --hold seconds, report connection rate, connect and
+    /// handshake latency, and how many dropped during the hold.
+    #[command(visible_alias = "idle")]
+    Connect {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/echo")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        conns: u32,
+        /// Seconds to hold the connections open once all are attempted.
+        #[arg(long, default_value = "10", value_parser = secs)]
+        hold: Duration,
+        /// New connections per second (same as --connect-rate).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Echo load: each message comes back on its connection; reports msgs/s and round-trip time.
+    Echo {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/echo")]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        conns: u32,
+        /// Message size in bytes (at least 16: the send timestamp).
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Open loop: total messages per second, latency measured from each message's intended
+        /// send time (coordinated omission corrected).
+        #[arg(long, conflicts_with = "window")]
+        rate: Option<f64>,
+        /// Closed loop: messages in flight per connection (default 1 when --rate is not given).
+        #[arg(long)]
+        window: Option<u32>,
+        #[arg(long, default_value = "10", value_parser = secs)]
+        duration: Duration,
+        /// Send binary frames instead of text.
+        #[arg(long)]
+        binary: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Room broadcast: --members spread over --rooms, --senders publish at --rate in total;
+    /// every member records delivery latency and per-sender sequence numbers reveal lost,
+    /// duplicated and out-of-order deliveries.
+    Broadcast {
+        /// URL template; {room} becomes the room number.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws?room={room}")]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        members: u32,
+        #[arg(long, default_value_t = 1)]
+        rooms: u32,
+        /// The first --senders members publish.
+        #[arg(long, default_value_t = 1)]
+        senders: u32,
+        /// Messages per second over all senders.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value = "10", value_parser = secs)]
+        duration: Duration,
+        /// Payload size in bytes (JSON; at least what the stamp needs).
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// The server also delivers each message back to its sender.
+        #[arg(long)]
+        includes_sender: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Source addresses: a range (127.0.0.2-127.0.0.60), a list, or one address. Each source
+    /// IP has its own ~64K ephemeral ports per destination.
+    #[arg(long)]
+    pub src: Option<String>,
+    /// Worker processes: a number, or auto (enough for the open-file limit).
+    #[arg(long, default_value = "auto")]
+    pub procs: String,
+    /// Event-loop threads per worker process. Default: cores / processes, at least 1.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// New connections per second in total (0: as fast as --concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// Handshakes in flight at once, in total.
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// Seconds a connection may take to connect and complete its handshake.
+    #[arg(long, default_value = "10", value_parser = secs)]
+    pub connect_timeout: Duration,
+    /// After the run, seconds to wait for messages still in flight.
+    #[arg(long, default_value = "5", value_parser = secs)]
+    pub drain: Duration,
+    /// Report directory (default results/<UTC timestamp>-<scenario>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No per-second progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    c100k::cli::parse_secs(s)
+}
+
+impl Cli {
+    /// Turn the command line into a run plan.
+    pub fn plan(self) -> Result<Run, String> {
+        let (name, url, conns, duration, scenario, common, params, connect_rate) = match self.cmd {
+            Cmd::Connect { url, conns, hold, rate, common } => {
+                let p = json!({ "url": url, "conns": conns, "hold_seconds": hold.as_secs_f64() });
+                ("connect", url, conns, hold, Scenario::Idle, common, p, rate)
+            }
+            Cmd::Echo { url, conns, size, rate, window, duration, binary, common } => {
+                if size < payload::ECHO_MIN {
+                    return Err(format!("--size must be at least {} (the timestamp)", payload::ECHO_MIN));
+                }
+                let load = match (rate, window) {
+                    (Some(r), _) if r > 0.0 => Load::Rate(r),
+                    (Some(_), _) => return Err("--rate must be positive".into()),
+                    (None, w) => Load::Window(w.unwrap_or(1).max(1)),
+                };
+                let p = json!({ "url": url, "conns": conns, "size": size, "rate": rate, "window": window,
+                                "duration_seconds": duration.as_secs_f64(), "binary": binary });
+                ("echo", url, conns, duration, Scenario::Echo { size, load, binary }, common, p, None)
+            }
+            Cmd::Broadcast { url, members, rooms, senders, rate, duration, size, includes_sender, common } => {
+                if rooms == 0 || senders == 0 || senders > members || members < 2 {
+                    return Err("need --members >= 2, --rooms >= 1 and 1 <= --senders <= --members".into());
+                }
+                if !url.contains("{room}") && rooms > 1 {
+                    return Err("--url needs a {room} placeholder when --rooms > 1".into());
+                }
+                let p = json!({ "url": url, "members": members, "rooms": rooms, "senders": senders, "rate": rate,
+                                "duration_seconds": duration.as_secs_f64(), "size": size,
+                                "includes_sender": includes_sender });
+                let s = Scenario::Broadcast { rooms, senders, rate, size, includes_sender };
+                ("broadcast", url, members, duration, s, common, p, None)
+            }
+        };
+        let target = Target::parse(&url)?;
+        let sources = match &common.src {
+            Some(s) => parse_sources(s)?,
+            None => Vec::new(),
+        };
+        let procs = match common.procs.as_str() {
+            "auto" => auto_procs(conns),
+            n => n.parse::<usize>().map_err(|_| format!("--procs: '{n}' is not a number or auto"))?.max(1),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = common.threads.unwrap_or((cores / procs).max(1)).max(1);
+        let mut parameters = params;
+        parameters["src"] = common.src.clone().into();
+        parameters["connect_rate"] = connect_rate.unwrap_or(common.connect_rate).into();
+        parameters["concurrency"] = common.concurrency.into();
+        Ok(Run {
+            name,
+            scenario,
+            target,
+            conns,
+            procs,
+            threads,
+            sources,
+            connect_rate: connect_rate.unwrap_or(common.connect_rate),
+            concurrency: common.concurrency.max(1),
+            connect_timeout: common.connect_timeout,
+            drain: common.drain,
+            duration,
+            out: common.out,
+            quiet: common.quiet,
+            parameters,
+        })
+    }
+}
+
+/// Enough worker processes that each stays within this machine's open-file limit.
+fn auto_procs(conns: u32) -> usize {
+    let limit = c100k::limits::raise_nofile(0).map_or(1024, |l| l.soft);
+    let per_proc = limit.saturating_sub(256).max(64);
+    (u64::from(conns).div_ceil(per_proc) as usize).max(1)
+}

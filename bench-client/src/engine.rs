@@ -1,0 +1,808 @@
+//! One load-generating event loop (one per thread of a worker process). It opens its share of
+//! the connections at the configured pace, runs the WebSocket client side with c100k's sans-IO
+//! session (which answers the server's pings), sends on schedule, and records what comes back.
+//!
+//! Open-loop sending (echo `--rate`, broadcast) follows a fixed schedule: message k is due at
+//! `t0 + k / rate` and carries that intended time, so a stalled server or a stalled client shows
+//! up in the latency instead of silently lowering the send rate (coordinated omission, as wrk2
+//! corrects it). When the next send is less than a millisecond away the loop polls without
+//! sleeping, since epoll's timeout has millisecond granularity.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use c100k::mailbox::Mailbox;
+use c100k::proto::frame::{self, codes, Data, OpCode, Role};
+use c100k::proto::handshake::{self, ParsedResponse};
+use c100k::proto::session::{Ending, Event, Session, SessionConfig};
+use c100k::server::metrics::Cell;
+use c100k::server::outq::OutQueue;
+use c100k::timer::{Entry, Wheel};
+
+use crate::clock::now_ns;
+use crate::job::{Job, Load, Scenario};
+use crate::net::{self, Failure};
+use crate::payload::{self, Arrival, SeqTrack, Stamp};
+use crate::stats::{record_ns, Outcome};
+
+pub const WAKER: Token = Token(usize::MAX);
+const READ_BUF: usize = 64 * 1024;
+const TICK_NS: u64 = 10_000_000;
+/// How long closing connections at the end may take.
+const CLOSE_GRACE_NS: u64 = 2_000_000_000;
+/// Broadcast drain ends once nothing arrived for this long.
+const QUIET_NS: u64 = 500_000_000;
+/// Sends per loop iteration at most, so a catch-up burst does not starve reads.
+const SEND_BURST: u64 = 4096;
+
+/// Coordinator commands, relayed by the worker's main thread.
+#[derive(Debug, Clone, Copy)]
+pub enum Cmd {
+    Start { t0: u64 },
+    Stop,
+}
+
+/// Live counters for the progress line (written by this thread only).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub established: Cell,
+    pub failed: Cell,
+    pub dropped: Cell,
+    pub sent: Cell,
+    pub received: Cell,
+    pub inflight: Cell,
+    /// 1 once every connection of this thread has been attempted and settled.
+    pub settled: Cell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Upgrading,
+    Open,
+    Closing,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    idx: u32,
+    gen: u32,
+    timer: u32,
+    /// Position in `Engine::open` while open.
+    open_pos: u32,
+    state: State,
+    /// When the current step (connect, upgrade) began, ns.
+    t_mark: u64,
+    sess: Session,
+    out: Option<Box<OutQueue>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Opening connections; waiting for the start signal.
+    Ramp,
+    Run,
+    /// Stopped sending; waiting for what is in flight (until the deadline, or quiet).
+    Drain {
+        until: u64,
+    },
+    /// Closing every connection.
+    Closing {
+        until: u64,
+    },
+}
+
+pub struct Engine {
+    tid: usize,
+    job: Arc<Job>,
+    live: Arc<Live>,
+    poll: Poll,
+    mailbox: Arc<Mailbox<Cmd>>,
+    conns: Slab<Conn>,
+    wheel: Wheel,
+    clock0: u64,
+    rbuf: Box<[u8]>,
+    wbuf: Vec<u8>,
+    /// Scratch for building payloads.
+    pbuf: Vec<u8>,
+    scfg: SessionConfig,
+    /// This thread's fraction of the worker's connections (and of its echo rate).
+    share: f64,
+    /// Connection indices still to open (popped from the end).
+    todo: Vec<u32>,
+    inflight: usize,
+    max_inflight: usize,
+    connect_per_sec: f64,
+    connects_started: u64,
+    /// Open connections (slab keys), for round-robin sending.
+    open: Vec<usize>,
+    /// Broadcast senders of this thread: (slab key or usize::MAX once gone, global index, next seq).
+    senders: Vec<(usize, u32, u64)>,
+    phase: Phase,
+    t0: u64,
+    /// Open-loop schedule: next message number and the spacing in ns.
+    next_k: u64,
+    interval_ns: f64,
+    window_started: bool,
+    trackers: HashMap<(u32, u32), SeqTrack>,
+    last_rx: u64,
+    next_gen: u32,
+    next_timer: u32,
+    out: Outcome,
+}
+
+impl Engine {
+    pub fn new(tid: usize, job: Arc<Job>, live: Arc<Live>, poll: Poll, mailbox: Arc<Mailbox<Cmd>>) -> Engine {
+        let threads = job.threads.max(1);
+        let mut todo: Vec<u32> =
+            (job.first..job.first + job.count).filter(|i| (i - job.first) as usize % threads == tid).collect();
+        todo.reverse();
+        let share = todo.len() as f64 / job.count.max(1) as f64;
+        let max_message = match job.scenario {
+            Scenario::Echo { size, .. } => size * 2 + 1024,
+            Scenario::Broadcast { size, .. } => size * 2 + 1024,
+            Scenario::Idle => 1 << 20,
+        }
+        .max(1 << 16);
+        let ticks = |ns: u64| (ns / TICK_NS).max(1) as u32;
+        Engine {
+            tid,
+            live,
+            poll,
+            mailbox,
+            conns: Slab::with_capacity(todo.len()),
+            wheel: Wheel::new(4096, 0),
+            clock0: now_ns(),
+            rbuf: vec![0; READ_BUF].into_boxed_slice(),
+            wbuf: Vec::with_capacity(READ_BUF),
+            pbuf: Vec::new(),
+            share,
+            scfg: SessionConfig {
+                role: Role::Client,
+                max_message,
+                ping_interval: 0,
+                pong_timeout: 1,
+                handshake_timeout: ticks(job.connect_timeout_ms * 1_000_000),
+                close_timeout: ticks(CLOSE_GRACE_NS),
+            },
+            max_inflight: ((job.concurrency as f64 * share).ceil() as usize).max(1),
+            connect_per_sec: job.connect_rate * share,
+            connects_started: 0,
+            open: Vec::with_capacity(todo.len()),
+            senders: Vec::new(),
+            todo,
+            inflight: 0,
+            phase: Phase::Ramp,
+            t0: 0,
+            next_k: 0,
+            interval_ns: 0.0,
+            window_started: false,
+            trackers: HashMap::new(),
+            last_rx: 0,
+            next_gen: 0,
+            next_timer: 0,
+            out: Outcome::default(),
+            job,
+        }
+    }
+
+    fn tick(&self, now: u64) -> u64 {
+        (now - self.clock0) / TICK_NS
+    }
+
+    /// Run until the coordinator's stop has been carried out; returns what was measured.
+    pub fn run(mut self) -> Outcome {
+        let mut events = Events::with_capacity(1024);
+        let mut cmds = Vec::new();
+        let mut expired = Vec::new();
+        self.out.ramp_start = now_ns();
+        loop {
+            // Due work first, then sleep until the next thing is due (or an event arrives).
+            let now = now_ns();
+            self.open_more(now);
+            self.send_due(now);
+            let tick = self.tick(now);
+            self.wheel.expire(tick, &mut expired);
+            for e in expired.drain(..) {
+                self.on_timer(e);
+            }
+            if self.advance_phase(now) {
+                break;
+            }
+            let timeout = self.poll_timeout(now_ns());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("thread {}: poll failed: {e}", self.tid);
+                break;
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    self.mailbox.drain(&mut cmds);
+                    for c in cmds.drain(..) {
+                        self.command(c);
+                    }
+                } else {
+                    self.on_event(ev);
+                }
+            }
+        }
+        let stragglers: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in stragglers {
+            self.remove(k);
+        }
+        self.out.run_end = self.out.run_end.max(self.t0);
+        self.out
+    }
+
+    fn poll_timeout(&self, now: u64) -> Option<Duration> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        if let Some(t) = self.next_send_at() {
+            consider(t);
+        }
+        if !self.todo.is_empty() && self.inflight < self.max_inflight {
+            consider(if self.connect_per_sec > 0.0 { self.connect_allowed_at() } else { now });
+        }
+        if let Some(ahead) = self.wheel.next_expiry() {
+            consider(self.clock0 + (self.tick(now) + ahead) * TICK_NS);
+        }
+        match self.phase {
+            Phase::Drain { until } | Phase::Closing { until } => consider(until.min(now + 50_000_000)),
+            _ => {}
+        }
+        next.map(|t| {
+            let gap = t.saturating_sub(now);
+            // epoll sleeps in whole milliseconds: sleep to within 1 ms of the deadline, then spin.
+            if gap < 1_000_000 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(gap - 1_000_000)
+            }
+        })
+    }
+
+    // ---- connecting ----
+
+    fn connect_allowed_at(&self) -> u64 {
+        self.out.ramp_start + (self.connects_started as f64 * 1e9 / self.connect_per_sec) as u64
+    }
+
+    fn open_more(&mut self, now: u64) {
+        while self.inflight < self.max_inflight {
+            if self.connect_per_sec > 0.0 && self.connect_allowed_at() > now {
+                break;
+            }
+            let Some(idx) = self.todo.pop() else { break };
+            self.connects_started += 1;
+            self.out.attempted += 1;
+            let src = (!self.job.sources.is_empty()).then(|| self.job.sources[idx as usize % self.job.sources.len()]);
+            let stream = match net::start_connect(src, self.job.target.addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.count_failure(Failure::from_io(&e));
+                    continue;
+                }
+            };
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            self.next_gen = self.next_gen.wrapping_add(1) % u32::MAX;
+            let gen = self.next_gen;
+            let mut stream = stream;
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(((gen as usize) << 32) | key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                self.count_failure(Failure::from_io(&e));
+                continue;
+            }
+            entry.insert(Conn {
+                stream,
+                idx,
+                gen,
+                timer: 0,
+                open_pos: u32::MAX,
+                state: State::Connecting,
+                t_mark: now,
+                sess: Session::new_open(0),
+                out: None,
+            });
+            self.inflight += 1;
+            self.live.inflight.set(self.inflight as u64);
+            self.arm(key, self.scfg.handshake_timeout);
+        }
+        if self.todo.is_empty() && self.inflight == 0 && self.live.settled.get() == 0 {
+            self.live.settled.set(1);
+        }
+    }
+
+    fn count_failure(&mut self, f: Failure) {
+        *self.out.failures.entry(f.name()).or_default() += 1;
+        self.live.failed.inc();
+    }
+
+    /// The Sec-WebSocket-Key for connection `idx` (derived, so nothing is stored per connection).
+    fn key_for(&self, idx: u32) -> String {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.job.salt.to_le_bytes());
+        raw[8..12].copy_from_slice(&idx.to_le_bytes());
+        raw[12..].copy_from_slice(&(idx ^ 0x5bd1_e995).to_le_bytes());
+        handshake::encode_key(raw)
+    }
+
+    fn live(&self, key: usize, gen: u32) -> bool {
+        self.conns.get(key).is_some_and(|c| c.gen == gen)
+    }
+
+    fn on_event(&mut self, ev: &mio::event::Event) {
+        let key = ev.token().0 & 0xffff_ffff;
+        let gen = (ev.token().0 >> 32) as u32;
+        if !self.live(key, gen) {
+            return;
+        }
+        if self.conns[key].state == State::Connecting {
+            if ev.is_writable() || ev.is_error() || ev.is_read_closed() {
+                self.finish_connect(key);
+            }
+            return;
+        }
+        if ev.is_writable() {
+            self.flush(key);
+        }
+        if (ev.is_readable() || ev.is_read_closed() || ev.is_error()) && self.conns.contains(key) {
+            self.read(key, ev.is_read_closed() || ev.is_error());
+        }
+    }
+
+    fn finish_connect(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        match c.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return self.fail(key, Failure::from_io(&e)),
+        }
+        match c.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+            Err(e) => return self.fail(key, Failure::from_io(&e)),
+        }
+        let now = now_ns();
+        record_ns(&mut self.out.hist[0], now - c.t_mark);
+        c.t_mark = now;
+        c.state = State::Upgrading;
+        let idx = c.idx;
+        let path = self.job.target.path_for(self.job.room_of(idx));
+        let key_str = self.key_for(idx);
+        self.wbuf.clear();
+        handshake::write_client_request(&mut self.wbuf, &self.job.target.host, &path, &key_str);
+        self.send_wbuf(key);
+    }
+
+    fn fail(&mut self, key: usize, f: Failure) {
+        self.count_failure(f);
+        self.remove(key);
+    }
+
+    // ---- reading ----
+
+    fn read(&mut self, key: usize, to_the_end: bool) {
+        let gen = self.conns[key].gen;
+        for _ in 0..16 {
+            let c = &mut self.conns[key];
+            match c.stream.read(&mut self.rbuf) {
+                Ok(0) => return self.ended(key, "eof"),
+                Ok(n) => {
+                    let mut buf = std::mem::take(&mut self.rbuf);
+                    self.on_bytes(key, &mut buf[..n]);
+                    self.rbuf = buf;
+                    if !self.live(key, gen) {
+                        return;
+                    }
+                    self.send_wbuf(key);
+                    if n < READ_BUF && !to_the_end {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return match self.conns[key].state {
+                        State::Connecting | State::Upgrading => self.fail(key, Failure::from_io(&e)),
+                        _ => self.ended(key, "reset"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_bytes(&mut self, key: usize, data: &mut [u8]) {
+        if self.conns[key].state == State::Upgrading {
+            let idx = self.conns[key].idx;
+            let expected_key = self.key_for(idx);
+            let mut head = self.conns[key].sess.take_stash();
+            head.extend_from_slice(data);
+            match handshake::parse_response(&head, &expected_key) {
+                ParsedResponse::Partial => *self.conns[key].sess.stash() = head,
+                ParsedResponse::Malformed => self.fail(key, Failure::BadResponse),
+                ParsedResponse::Complete { status: 101, accept_ok: true, len } => {
+                    self.established(key);
+                    let mut rest = head.split_off(len);
+                    if !rest.is_empty() {
+                        self.feed(key, &mut rest);
+                    }
+                }
+                ParsedResponse::Complete { status: 101, .. } => self.fail(key, Failure::BadAccept),
+                ParsedResponse::Complete { status, .. } => self.fail(key, Failure::Http(status)),
+            }
+            return;
+        }
+        self.feed(key, data);
+    }
+
+    fn established(&mut self, key: usize) {
+        let now = now_ns();
+        let tick = self.tick(now) as u32;
+        let c = &mut self.conns[key];
+        record_ns(&mut self.out.hist[1], now - c.t_mark);
+        c.state = State::Open;
+        c.sess = Session::new_open(tick);
+        c.open_pos = self.open.len() as u32;
+        self.open.push(key);
+        let idx = c.idx;
+        if self.job.is_sender(idx) {
+            self.senders.push((key, idx, 0));
+        }
+        self.inflight -= 1;
+        self.live.inflight.set(self.inflight as u64);
+        self.out.established += 1;
+        self.out.ramp_end = now;
+        self.live.established.inc();
+        self.disarm(key);
+    }
+
+    fn feed(&mut self, key: usize, data: &mut [u8]) {
+        let mut rest = data;
+        let tick = self.tick(now_ns()) as u32;
+        loop {
+            let Some(c) = self.conns.get_mut(key) else { return };
+            match c.sess.feed(&mut rest, tick, &mut self.wbuf, &self.scfg) {
+                None => return,
+                Some(Event::Message { text, data }) => self.on_message(key, text, &data),
+                Some(Event::Finish(ending)) => {
+                    let why = match ending {
+                        Ending::PeerClosed(Some(code)) => format!("server_close_{code}"),
+                        Ending::PeerClosed(None) => "server_close".to_string(),
+                        Ending::Acknowledged => "closed".to_string(),
+                        Ending::Failed(e) => format!("protocol_error_{}", e.code),
+                    };
+                    self.send_wbuf(key);
+                    return self.ended(key, &why);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, key: usize, _text: bool, data: &[u8]) {
+        let now = now_ns();
+        self.last_rx = now;
+        match self.job.scenario {
+            Scenario::Echo { load, size, binary } => {
+                let Some(stamp) = payload::echo_stamp(data) else {
+                    self.out.corrupt += 1;
+                    return;
+                };
+                record_ns(&mut self.out.hist[2], now.saturating_sub(stamp));
+                self.out.received += 1;
+                self.live.received.inc();
+                if let (Load::Window(_), Phase::Run) = (load, self.phase) {
+                    self.send_echo(key, now, size, binary);
+                }
+            }
+            Scenario::Broadcast { includes_sender, .. } => {
+                let Some(Stamp { s, q, t }) = payload::parse_broadcast(data) else {
+                    self.out.corrupt += 1;
+                    return;
+                };
+                let me = self.conns[key].idx;
+                if s == me {
+                    self.out.self_deliveries += 1;
+                    if !includes_sender {
+                        return;
+                    }
+                }
+                record_ns(&mut self.out.hist[3], now.saturating_sub(t));
+                match self.trackers.entry((me, s)).or_default().see(q) {
+                    Arrival::InOrder => {}
+                    Arrival::Late => self.out.out_of_order += 1,
+                    Arrival::Duplicate => self.out.duplicated += 1,
+                }
+                self.out.received += 1;
+                self.live.received.inc();
+            }
+            Scenario::Idle => {}
+        }
+    }
+
+    /// An established connection ended (server close, reset, EOF, protocol error).
+    fn ended(&mut self, key: usize, why: &str) {
+        let state = self.conns[key].state;
+        match state {
+            State::Connecting | State::Upgrading => {
+                let f = if why == "eof" { Failure::Reset } else { Failure::Protocol };
+                return self.fail(key, f);
+            }
+            State::Open if !matches!(self.phase, Phase::Closing { .. }) => {
+                *self.out.drops.entry(why.to_string()).or_default() += 1;
+                self.live.dropped.inc();
+            }
+            _ => {}
+        }
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: usize) {
+        let Some(c) = self.conns.try_remove(key) else { return };
+        if matches!(c.state, State::Connecting | State::Upgrading) {
+            self.inflight -= 1;
+            self.live.inflight.set(self.inflight as u64);
+        }
+        if c.open_pos != u32::MAX {
+            let pos = c.open_pos as usize;
+            self.open.swap_remove(pos);
+            if let Some(&moved) = self.open.get(pos) {
+                self.conns[moved].open_pos = pos as u32;
+            }
+        }
+        for s in self.senders.iter_mut().filter(|s| s.0 == key) {
+            s.0 = usize::MAX;
+        }
+    }
+
+    // ---- writing ----
+
+    /// Write `wbuf` to `key` (or queue what the socket does not take).
+    fn send_wbuf(&mut self, key: usize) {
+        if self.wbuf.is_empty() {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(key) else {
+            self.wbuf.clear();
+            return;
+        };
+        let res = match c.out.as_mut() {
+            Some(q) => {
+                q.push(bytes::Bytes::copy_from_slice(&self.wbuf));
+                Ok(())
+            }
+            None => write_or_queue(&mut c.stream, &mut c.out, &self.wbuf),
+        };
+        self.wbuf.clear();
+        if res.is_err() {
+            self.ended(key, "reset");
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if let Some(q) = c.out.as_mut() {
+            match q.flush(&mut c.stream) {
+                Ok(_) if q.is_empty() => c.out = None,
+                Ok(_) => {}
+                Err(_) => self.ended(key, "reset"),
+            }
+        }
+    }
+
+    fn send_echo(&mut self, key: usize, stamp: u64, size: usize, binary: bool) {
+        self.pbuf.clear();
+        payload::echo(&mut self.pbuf, stamp, size);
+        let opcode = OpCode::Data(if binary { Data::Binary } else { Data::Text });
+        frame::write_masked_frame(&mut self.wbuf, opcode, &self.pbuf, c100k::proto::mask::random_key());
+        self.out.sent += 1;
+        self.live.sent.inc();
+        self.send_wbuf(key);
+    }
+
+    // ---- the schedule ----
+
+    fn command(&mut self, c: Cmd) {
+        let now = now_ns();
+        match c {
+            Cmd::Start { t0 } => {
+                if self.phase != Phase::Ramp {
+                    return;
+                }
+                self.phase = Phase::Run;
+                self.t0 = t0;
+                self.out.run_start = t0;
+                for (_, c) in self.conns.iter() {
+                    if c.state == State::Open {
+                        if let Some(r) = self.job.room_of(c.idx) {
+                            *self.out.members_by_room.entry(r).or_default() += 1;
+                        }
+                    }
+                }
+                // Echo: this worker's rate, split by planned connections; broadcast: the global
+                // rate, split by senders (each sender sends rate / senders).
+                let rate = match self.job.scenario {
+                    Scenario::Echo { load: Load::Rate(r), .. } => r * self.share,
+                    Scenario::Broadcast { rate, senders, .. } => {
+                        rate * self.senders.len() as f64 / senders.max(1) as f64
+                    }
+                    _ => 0.0,
+                };
+                self.interval_ns = if rate > 0.0 { 1e9 / rate } else { 0.0 };
+            }
+            Cmd::Stop => match self.phase {
+                Phase::Ramp | Phase::Run => {
+                    self.out.run_end = now;
+                    if self.phase == Phase::Ramp {
+                        self.todo.clear();
+                    }
+                    self.phase = match self.job.scenario {
+                        Scenario::Idle => self.begin_closing(now),
+                        _ => Phase::Drain { until: now + self.job.drain_ms * 1_000_000 },
+                    };
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn next_send_at(&self) -> Option<u64> {
+        if self.phase != Phase::Run {
+            return None;
+        }
+        if !self.window_started && matches!(self.job.scenario, Scenario::Echo { load: Load::Window(_), .. }) {
+            return Some(self.t0);
+        }
+        (self.interval_ns > 0.0).then(|| self.t0 + (self.next_k as f64 * self.interval_ns) as u64)
+    }
+
+    fn send_due(&mut self, now: u64) {
+        if self.phase != Phase::Run || now < self.t0 {
+            return;
+        }
+        match self.job.scenario {
+            Scenario::Echo { load: Load::Window(w), size, binary } => {
+                if !self.window_started {
+                    self.window_started = true;
+                    for key in self.open.clone() {
+                        for _ in 0..w {
+                            if self.conns.contains(key) {
+                                self.send_echo(key, now, size, binary);
+                            }
+                        }
+                    }
+                }
+            }
+            Scenario::Echo { load: Load::Rate(_), size, binary } => {
+                let mut burst = 0;
+                while let Some(due) = self.next_send_at().filter(|&d| d <= now && burst < SEND_BURST) {
+                    self.next_k += 1;
+                    burst += 1;
+                    if self.open.is_empty() {
+                        continue;
+                    }
+                    let key = self.open[(self.next_k as usize - 1) % self.open.len()];
+                    self.send_echo(key, due, size, binary);
+                }
+            }
+            Scenario::Broadcast { size, .. } => {
+                let mut burst = 0;
+                while let Some(due) = self.next_send_at().filter(|&d| d <= now && burst < SEND_BURST) {
+                    let i = self.next_k as usize % self.senders.len().max(1);
+                    self.next_k += 1;
+                    burst += 1;
+                    let Some(&(key, idx, seq)) = self.senders.get(i) else { continue };
+                    if key == usize::MAX {
+                        continue; // this sender's connection is gone
+                    }
+                    self.senders[i].2 += 1;
+                    self.pbuf.clear();
+                    payload::broadcast(&mut self.pbuf, Stamp { s: idx, q: seq, t: due }, size);
+                    frame::write_masked_frame(
+                        &mut self.wbuf,
+                        OpCode::Data(Data::Text),
+                        &self.pbuf,
+                        c100k::proto::mask::random_key(),
+                    );
+                    if let Some(r) = self.job.room_of(idx) {
+                        *self.out.sent_by_room.entry(r).or_default() += 1;
+                    }
+                    self.out.sent += 1;
+                    self.live.sent.inc();
+                    self.send_wbuf(key);
+                }
+            }
+            Scenario::Idle => {}
+        }
+    }
+
+    /// Move between phases on time; returns true when the loop is done.
+    fn advance_phase(&mut self, now: u64) -> bool {
+        match self.phase {
+            Phase::Drain { until } => {
+                let done = match self.job.scenario {
+                    // Echo replies come back to this thread: done when all are in.
+                    Scenario::Echo { .. } => self.out.received + self.out.corrupt >= self.out.sent,
+                    // Deliveries may come from any process: done once quiet.
+                    _ => now.saturating_sub(self.last_rx.max(self.out.run_end)) >= QUIET_NS,
+                };
+                if done || now >= until {
+                    self.phase = self.begin_closing(now);
+                }
+                false
+            }
+            Phase::Closing { until } => self.conns.is_empty() || now >= until,
+            _ => false,
+        }
+    }
+
+    fn begin_closing(&mut self, now: u64) -> Phase {
+        self.todo.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let tick = self.tick(now) as u32;
+        for key in keys {
+            let c = &mut self.conns[key];
+            if c.state == State::Open && c.sess.close(codes::NORMAL, "bench done", tick, &mut self.wbuf, Role::Client) {
+                c.state = State::Closing;
+                self.send_wbuf(key);
+            } else if c.state != State::Open {
+                self.remove(key);
+            }
+        }
+        Phase::Closing { until: now + CLOSE_GRACE_NS }
+    }
+
+    // ---- timers (connect and handshake timeouts) ----
+
+    fn arm(&mut self, key: usize, ticks: u32) {
+        self.next_timer = self.next_timer.wrapping_add(1);
+        self.conns[key].timer = self.next_timer;
+        self.wheel.schedule(ticks, Entry { key: key as u32, id: self.next_timer });
+    }
+
+    fn disarm(&mut self, key: usize) {
+        self.next_timer = self.next_timer.wrapping_add(1);
+        self.conns[key].timer = self.next_timer;
+    }
+
+    fn on_timer(&mut self, e: Entry) {
+        let key = e.key as usize;
+        let Some(c) = self.conns.get(key) else { return };
+        if c.timer != e.id {
+            return;
+        }
+        if matches!(c.state, State::Connecting | State::Upgrading) {
+            self.fail(key, Failure::Timeout);
+        }
+    }
+}
+
+/// Write `data` now; queue what the socket does not take.
+fn write_or_queue(stream: &mut TcpStream, out: &mut Option<Box<OutQueue>>, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut n = 0;
+    while n < data.len() {
+        match stream.write(&data[n..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if n < data.len() {
+        out.get_or_insert_with(Box::default).push_rest(bytes::Bytes::copy_from_slice(&data[n..]), n > 0);
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Message payloads and what receivers learn from them.
+//!
+//! Echo: 16 hex digits of the send timestamp (CLOCK_MONOTONIC ns), padded with `x` to the
+//! requested size — valid text and valid JSON-free filler, so any echo server returns it as is.
+//! Broadcast: compact JSON `{"s":SENDER,"q":SEQ,"t":NS,"p":"xx…"}` — the sender's global index,
+//! its sequence number, the intended send time, and padding. Compact JSON survives servers that
+//! re-serialize (Node's JSON.stringify(JSON.parse(x)) gives the same bytes).
+
+use std::collections::BTreeSet;
+
+/// Smallest echo payload (the timestamp).
+pub const ECHO_MIN: usize = 16;
+
+/// Append an echo payload of `size` bytes (at least [`ECHO_MIN`]) stamped `t_ns`.
+pub fn echo(out: &mut Vec<u8>, t_ns: u64, size: usize) {
+    use std::io::Write;
+    let _ = write!(out, "{t_ns:016x}");
+    out.resize(out.len() + size.saturating_sub(ECHO_MIN), b'x');
+}
+
+/// The timestamp of an echoed payload, if it is one of ours.
+pub fn echo_stamp(p: &[u8]) -> Option<u64> {
+    let hex = std::str::from_utf8(p.get(..ECHO_MIN)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The fields of a broadcast payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct Stamp {
+    /// Sender's global connection index.
+    pub s: u32,
+    /// Sender's sequence number (from 0).
+    pub q: u64,
+    /// Intended send time, ns on CLOCK_MONOTONIC.
+    pub t: u64,
+}
+
+/// Append a broadcast payload of about `size` bytes (never less than needed).
+pub fn broadcast(out: &mut Vec<u8>, st: Stamp, size: usize) {
+    use std::io::Write;
+    let start = out.len();
+    let _ = write!(out, "{{\"s\":{},\"q\":{},\"t\":{},\"p\":\"", st.s, st.q, st.t);
+    let used = out.len() - start + 2;
+    out.resize(out.len() + size.saturating_sub(used), b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+pub fn parse_broadcast(p: &[u8]) -> Option<Stamp> {
+    serde_json::from_slice(p).ok()
+}
+
+/// Per (receiver, sender) sequence bookkeeping: which numbers arrived, to tell late (out of
+/// order) arrivals from duplicates exactly. Memory is proportional to the gaps outstanding, not
+/// to the messages seen.
+#[derive(Debug, Default, Clone)]
+pub struct SeqTrack {
+    /// One past the highest sequence number seen.
+    next: u64,
+    /// Numbers below `next` not seen yet.
+    holes: BTreeSet<u64>,
+}
+
+/// What one arrival was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    InOrder,
+    /// Arrived after a higher number did.
+    Late,
+    Duplicate,
+}
+
+/// Gaps wider than this are not itemised (a runaway sequence number would cost memory).
+const MAX_HOLES: u64 = 1 << 20;
+
+impl SeqTrack {
+    pub fn see(&mut self, q: u64) -> Arrival {
+        if q >= self.next {
+            if q - self.next <= MAX_HOLES {
+                self.holes.extend(self.next..q);
+            }
+            self.next = q + 1;
+            Arrival::InOrder
+        } else if self.holes.remove(&q) {
+            Arrival::Late
+        } else {
+            Arrival::Duplicate
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_payloads_roundtrip_at_the_requested_size() {
+        let mut v = Vec::new();
+        echo(&mut v, 0x1234_5678_9abc, 32);
+        assert_eq!(v.len(), 32);
+        assert!(std::str::from_utf8(&v).is_ok());
+        assert_eq!(echo_stamp(&v), Some(0x1234_5678_9abc));
+        assert_eq!(echo_stamp(b"short"), None);
+    }
+
+    #[test]
+    fn broadcast_payloads_are_compact_json_of_the_requested_size() {
+        let st = Stamp { s: 12, q: 345, t: 6_789_000_000 };
+        let mut v = Vec::new();
+        broadcast(&mut v, st, 128);
+        assert_eq!(v.len(), 128);
+        assert_eq!(parse_broadcast(&v), Some(st));
+        let value: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(serde_json::to_vec(&value).unwrap(), v, "re-serialising gives the same bytes");
+        let mut small = Vec::new();
+        broadcast(&mut small, st, 10);
+        assert_eq!(parse_broadcast(&small), Some(st), "never truncated below what it needs");
+    }
+
+    #[test]
+    fn sequence_tracking_tells_late_from_duplicate() {
+        let mut t = SeqTrack::default();
+        assert_eq!(t.see(0), Arrival::InOrder);
+        assert_eq!(t.see(2), Arrival::InOrder); // 1 missing for now
+        assert_eq!(t.see(2), Arrival::Duplicate);
+        assert_eq!(t.see(1), Arrival::Late);
+        assert_eq!(t.see(1), Arrival::Duplicate);
+        assert_eq!(t.see(3), Arrival::InOrder);
+        assert!(t.holes.is_empty());
+    }
+}

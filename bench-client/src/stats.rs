@@ -1,0 +1,235 @@
+//! What a run measured: latency histograms (HdrHistogram, microseconds) and counters, mergeable
+//! across threads and processes. Histograms cross process boundaries in HdrHistogram's V2
+//! (deflate) serialization, so merging is exact: the merged histogram is the histogram of all
+//! samples.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Highest latency recorded: one hour in microseconds (larger values saturate).
+pub const MAX_US: u64 = 3_600_000_000;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// Record a duration in nanoseconds as microseconds (at least 1).
+pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
+    h.saturating_record((ns / 1000).max(1));
+}
+
+/// The histograms of a run, by name.
+pub const HISTOGRAMS: [&str; 4] = ["connect", "handshake", "rtt", "delivery"];
+
+/// Everything one thread, one process or the whole run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// TCP connect latency, handshake latency (TCP established → 101), echo round trip,
+    /// broadcast delivery (intended send → receipt). Serialized as hex V2-deflate.
+    #[serde(with = "histograms")]
+    pub hist: [Histogram<u64>; 4],
+    pub attempted: u64,
+    pub established: u64,
+    /// Failed attempts by cause.
+    pub failures: BTreeMap<String, u64>,
+    /// Established connections lost before the run ended, by cause.
+    pub drops: BTreeMap<String, u64>,
+    pub sent: u64,
+    /// Messages received that count toward the expected total.
+    pub received: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Payloads that were not ours (could not be parsed).
+    pub corrupt: u64,
+    /// Broadcast deliveries back to their own sender.
+    pub self_deliveries: u64,
+    /// Broadcast: messages sent per room; members established per room at the start.
+    pub sent_by_room: BTreeMap<u32, u64>,
+    pub members_by_room: BTreeMap<u32, u64>,
+    /// CLOCK_MONOTONIC ns: first connect attempt, last handshake completed.
+    pub ramp_start: u64,
+    pub ramp_end: u64,
+    /// The measured window.
+    pub run_start: u64,
+    pub run_end: u64,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            hist: [new_histogram(), new_histogram(), new_histogram(), new_histogram()],
+            attempted: 0,
+            established: 0,
+            failures: BTreeMap::new(),
+            drops: BTreeMap::new(),
+            sent: 0,
+            received: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            corrupt: 0,
+            self_deliveries: 0,
+            sent_by_room: BTreeMap::new(),
+            members_by_room: BTreeMap::new(),
+            ramp_start: 0,
+            ramp_end: 0,
+            run_start: 0,
+            run_end: 0,
+        }
+    }
+}
+
+fn merge_map<K: Ord + Clone>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Earliest non-zero time.
+fn min_time(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (x, y) => x.min(y),
+    }
+}
+
+impl Outcome {
+    pub fn merge(&mut self, o: &Outcome) {
+        for (mine, theirs) in self.hist.iter_mut().zip(o.hist.iter()) {
+            mine.add(theirs).expect("histograms share bounds");
+        }
+        self.attempted += o.attempted;
+        self.established += o.established;
+        merge_map(&mut self.failures, &o.failures);
+        merge_map(&mut self.drops, &o.drops);
+        self.sent += o.sent;
+        self.received += o.received;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.corrupt += o.corrupt;
+        self.self_deliveries += o.self_deliveries;
+        merge_map(&mut self.sent_by_room, &o.sent_by_room);
+        merge_map(&mut self.members_by_room, &o.members_by_room);
+        self.ramp_start = min_time(self.ramp_start, o.ramp_start);
+        self.ramp_end = self.ramp_end.max(o.ramp_end);
+        self.run_start = min_time(self.run_start, o.run_start);
+        self.run_end = self.run_end.max(o.run_end);
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.drops.values().sum()
+    }
+
+    pub fn hist(&self, name: &str) -> &Histogram<u64> {
+        &self.hist[HISTOGRAMS.iter().position(|n| *n == name).expect("known histogram")]
+    }
+}
+
+/// Serialize histograms as hex strings of HdrHistogram V2-deflate encodings.
+mod histograms {
+    use super::*;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+
+    pub fn serialize<S: serde::Serializer>(h: &[Histogram<u64>; 4], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(4);
+        for one in h {
+            let mut buf = Vec::new();
+            V2DeflateSerializer::new().serialize(one, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
+            out.push(hex(&buf));
+        }
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Histogram<u64>; 4], D::Error> {
+        let v: Vec<String> = Vec::deserialize(d)?;
+        let mut hs: Vec<Histogram<u64>> = Vec::with_capacity(4);
+        for s in &v {
+            let bytes = unhex(s).ok_or_else(|| D::Error::custom("bad hex in histogram"))?;
+            let h: Histogram<u64> =
+                Deserializer::new().deserialize(&mut &bytes[..]).map_err(|e| D::Error::custom(format!("{e:?}")))?;
+            // Deserialized histograms carry their own bounds; re-home them in ours for merging.
+            let mut ours = new_histogram();
+            ours.add(&h).map_err(|e| D::Error::custom(format!("{e:?}")))?;
+            hs.push(ours);
+        }
+        hs.try_into().map_err(|_| D::Error::custom("expected 4 histograms"))
+    }
+
+    fn hex(b: &[u8]) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(b.len() * 2);
+        for x in b {
+            let _ = write!(s, "{x:02x}");
+        }
+        s
+    }
+
+    fn unhex(s: &str) -> Option<Vec<u8>> {
+        if s.len() % 2 != 0 {
+            return None;
+        }
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_across_a_process_boundary_is_exact() {
+        // Two "workers" record disjoint halves; after a JSON round trip each (as between
+        // processes) and a merge, the result equals one histogram of all samples.
+        let mut whole = new_histogram();
+        let mut a = Outcome::default();
+        let mut b = Outcome::default();
+        for i in 1..=20_000u64 {
+            let v = (i * 7919) % 500_000 + 1;
+            whole.record(v).unwrap();
+            if i % 2 == 0 {
+                a.hist[2].record(v).unwrap()
+            } else {
+                b.hist[2].record(v).unwrap()
+            }
+        }
+        a.received = 10_000;
+        b.received = 10_000;
+        let a: Outcome = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let b: Outcome = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let mut merged = Outcome::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        let m = merged.hist("rtt");
+        assert_eq!(m.len(), whole.len());
+        assert_eq!(merged.received, 20_000);
+        for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(m.value_at_quantile(q), whole.value_at_quantile(q), "q {q}");
+        }
+        assert_eq!(m.max(), whole.max());
+        assert_eq!(m.min(), whole.min());
+    }
+
+    #[test]
+    fn counters_and_maps_merge() {
+        let mut a = Outcome::default();
+        a.failures.insert("refused".into(), 2);
+        a.sent_by_room.insert(1, 10);
+        a.ramp_start = 50;
+        let mut b = Outcome::default();
+        b.failures.insert("refused".into(), 3);
+        b.failures.insert("timeout".into(), 1);
+        b.sent_by_room.insert(1, 5);
+        b.ramp_start = 40;
+        a.merge(&b);
+        assert_eq!(a.failed(), 6);
+        assert_eq!(a.sent_by_room[&1], 15);
+        assert_eq!(a.ramp_start, 40);
+    }
+}
