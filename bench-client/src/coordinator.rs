@@ -95,6 +95,11 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
         while Instant::now() < end && !interrupted.load(Ordering::Relaxed) && workers.iter().any(|w| !w.exited) {
             pump(&rx, &mut workers, Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())));
             printer.tick(t_start, &workers, "run");
+            let p = total_progress(&workers);
+            if p.established > 0 && p.dropped >= p.established {
+                eprintln!("bench-client: every connection has dropped; stopping early");
+                break;
+            }
         }
     }
     // Stop: drain, close, report.
@@ -252,6 +257,14 @@ fn pump(rx: &mpsc::Receiver<Msg>, workers: &mut [Worker], wait: Duration) {
     }
 }
 
+fn total_progress(workers: &[Worker]) -> Progress {
+    let mut p = Progress::default();
+    for w in workers {
+        p.add(&w.progress);
+    }
+    p
+}
+
 /// One progress line per second on stderr.
 struct ProgressLine {
     quiet: bool,
@@ -271,10 +284,7 @@ impl ProgressLine {
             return;
         }
         self.next = secs + 1;
-        let mut p = Progress::default();
-        for w in workers {
-            p.add(&w.progress);
-        }
+        let p = total_progress(workers);
         let d = |now: u64, before: u64| now.saturating_sub(before);
         eprintln!(
             "[{secs:>5}s] {phase:<4} open {}/{} (+{}/s) inflight {} failed {} dropped {} | sent {}/s recv {}/s",

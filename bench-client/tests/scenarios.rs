@@ -1,0 +1,193 @@
+//! bench-client end to end: each scenario against a real server on loopback produces a complete
+//! report with correct counts; loss, duplication, reordering and stalls injected by a faulty
+//! server are reported exactly; results merged over worker processes add up.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn connect_scenario_reports_every_connection() {
+    let srv = c100k(|_| {});
+    let url = format!("ws://{}/echo", srv.local_addr());
+    let (s, dir) = bench(&["connect", "--url", &url, "--conns", "300", "--hold", "0.3", "--rate", "3000"]);
+    assert_eq!(s["scenario"], "connect");
+    let c = &s["connections"];
+    assert_eq!((u(&c["target"]), u(&c["established"]), u(&c["failed"]), u(&c["dropped"])), (300, 300, 0, 0));
+    assert_eq!(u(&s["histograms"]["connect"]["count"]), 300);
+    assert_eq!(u(&s["histograms"]["handshake"]["count"]), 300);
+    // 300 connections at 3000/s take at least ~0.1 s: the pacing was applied.
+    assert!(c["ramp_seconds"].as_f64().unwrap() >= 0.09, "{c}");
+    for key in ["cpu_model", "cores", "kernel", "sysctl", "fd_limit"] {
+        assert!(!s["machine"][key].is_null(), "machine.{key}");
+    }
+    assert!(s["command"].as_str().unwrap().starts_with("bench-client connect"));
+    assert_eq!(files(&dir), ["connect.hgrm", "handshake.hgrm", "latency.svg", "summary.json"]);
+    let svg = std::fs::read_to_string(dir.path().join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("percentile"));
+}
+
+#[test]
+fn failures_are_classified() {
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (s, _d) = bench(&["connect", "--url", &format!("ws://{port}/echo"), "--conns", "20", "--hold", "0"]);
+    assert_eq!(u(&s["connections"]["failures"]["refused"]), 20);
+    assert_eq!(u(&s["connections"]["established"]), 0);
+    // The server answers with an HTTP status instead of 101.
+    let srv = c100k(|_| {});
+    let (s, _d) =
+        bench(&["connect", "--url", &format!("ws://{}/nope", srv.local_addr()), "--conns", "20", "--hold", "0"]);
+    assert_eq!(u(&s["connections"]["failures"]["http_404"]), 20);
+}
+
+#[test]
+fn drops_during_the_hold_are_counted() {
+    let srv = c100k(|_| {});
+    let url = format!("ws://{}/echo", srv.local_addr());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(["connect", "--url", &url, "--conns", "50", "--hold", "30", "--quiet", "--out"])
+        .arg(std::env::temp_dir().join(format!("bench-drop-{}", std::process::id())))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while srv.metrics().websockets_open < 50 {
+        assert!(std::time::Instant::now() < deadline, "connections did not open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    srv.shutdown(); // every connection is closed with 1001 during the hold
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let dir = std::env::temp_dir().join(format!("bench-drop-{}", std::process::id()));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(u(&s["connections"]["dropped"]), 50, "{}", s["connections"]);
+    assert_eq!(u(&s["connections"]["drops"]["server_close_1001"]), 50);
+}
+
+#[test]
+fn echo_closed_loop_counts_every_message() {
+    let srv = c100k(|_| {});
+    let url = format!("ws://{}/echo", srv.local_addr());
+    let (s, dir) =
+        bench(&["echo", "--url", &url, "--conns", "20", "--window", "2", "--duration", "0.5", "--size", "64"]);
+    let m = &s["messages"];
+    assert!(u(&m["sent"]) > 100, "{m}");
+    assert_eq!(u(&m["received"]), u(&m["sent"]));
+    assert_eq!(m["lost"], 0);
+    assert_eq!(u(&s["histograms"]["rtt"]["count"]), u(&m["received"]));
+    assert_eq!(u(&m["corrupt"]), 0);
+    assert!(files(&dir).contains(&"rtt.hgrm".to_string()));
+    assert_eq!(srv.metrics().messages_received_total, u(&m["sent"]), "the server saw exactly what was sent");
+}
+
+#[test]
+fn echo_open_loop_keeps_its_rate() {
+    let srv = c100k(|_| {});
+    let url = format!("ws://{}/echo", srv.local_addr());
+    let (s, _d) = bench(&["echo", "--url", &url, "--conns", "10", "--rate", "2000", "--duration", "1"]);
+    let sent = u(&s["messages"]["sent"]);
+    assert!((1900..=2100).contains(&sent), "sent {sent} at 2000/s for 1 s");
+    assert_eq!(u(&s["messages"]["received"]), sent);
+}
+
+#[test]
+fn broadcast_expects_every_other_member_to_receive() {
+    let srv = c100k(|_| {});
+    let url = format!("ws://{}/ws?room={{room}}", srv.local_addr());
+    let (s, _d) = bench(&[
+        "broadcast",
+        "--url",
+        &url,
+        "--members",
+        "30",
+        "--rooms",
+        "3",
+        "--senders",
+        "3",
+        "--rate",
+        "300",
+        "--duration",
+        "0.5",
+    ]);
+    let m = &s["messages"];
+    let sent = u(&m["sent"]);
+    assert!(sent > 100);
+    assert_eq!(u(&m["expected"]), sent * 9, "10 members per room: 9 recipients per message");
+    assert_eq!(u(&m["received"]), sent * 9);
+    assert_eq!((m["lost"].as_i64(), u(&m["duplicated"]), u(&m["out_of_order"])), (Some(0), 0, 0));
+    assert_eq!(u(&m["self_deliveries"]), 0, "c100k never relays to the sender");
+    assert_eq!(u(&s["histograms"]["delivery"]["count"]), sent * 9);
+}
+
+#[test]
+fn lost_deliveries_are_reported_exactly() {
+    let srv = FaultServer::start(Fault::Drop { every: 7 });
+    let url = format!("ws://{}/ws?room={{room}}", srv.addr);
+    let (s, _d) =
+        bench(&["broadcast", "--url", &url, "--members", "8", "--senders", "1", "--rate", "500", "--duration", "0.5"]);
+    let dropped = srv.get(|c| &c.dropped);
+    assert!(dropped > 50, "the server dropped {dropped}");
+    assert_eq!(s["messages"]["lost"].as_i64(), Some(dropped as i64), "{}", s["messages"]);
+    assert_eq!(u(&s["messages"]["expected"]), u(&s["messages"]["sent"]) * 7);
+}
+
+#[test]
+fn duplicates_and_reordering_are_reported_exactly() {
+    let srv = FaultServer::start(Fault::DupSwap { dup: 11, swap: 13 });
+    let url = format!("ws://{}/ws?room={{room}}", srv.addr);
+    let (s, _d) =
+        bench(&["broadcast", "--url", &url, "--members", "6", "--senders", "1", "--rate", "500", "--duration", "0.5"]);
+    let m = &s["messages"];
+    let (dups, swaps) = (srv.get(|c| &c.duplicated), srv.get(|c| &c.swapped));
+    assert!(dups > 10 && swaps > 10, "server made {dups} duplicates, {swaps} swaps");
+    assert_eq!(u(&m["duplicated"]), dups, "{m}");
+    assert_eq!(u(&m["out_of_order"]), swaps, "{m}");
+    assert_eq!(m["lost"].as_i64(), Some(0), "duplicates do not hide losses: {m}");
+}
+
+#[test]
+fn stalls_show_in_fixed_rate_latency() {
+    // The server stops for 200 ms every second. Measured from each message's intended send
+    // time, a fifth of the messages wait up to 200 ms, so p99 is of the stall's order.
+    let srv = FaultServer::start(Fault::Stall { period: Duration::from_secs(1), stall: Duration::from_millis(200) });
+    let url = format!("ws://{}/echo", srv.addr);
+    let (s, _d) = bench(&["echo", "--url", &url, "--conns", "1", "--rate", "500", "--duration", "2.5"]);
+    let h = &s["histograms"]["rtt"];
+    let (p50, p99) = (u(&h["p50"]), u(&h["p99"]));
+    assert!(p99 >= 100_000, "p99 {p99} µs does not show the 200 ms stalls");
+    assert!(p50 < 50_000, "p50 {p50} µs: most messages are not stalled");
+    assert_eq!(u(&s["messages"]["received"]), u(&s["messages"]["sent"]));
+}
+
+#[test]
+fn worker_processes_merge_to_the_same_counts() {
+    let srv = c100k(|_| {});
+    let url = format!("ws://{}/echo", srv.local_addr());
+    let (one, _a) = bench(&["connect", "--url", &url, "--conns", "90", "--hold", "0", "--procs", "1"]);
+    let (three, _b) = bench(&["connect", "--url", &url, "--conns", "90", "--hold", "0", "--procs", "3"]);
+    assert_eq!(three["parameters"]["procs"], 3);
+    for s in [&one, &three] {
+        assert_eq!(u(&s["connections"]["established"]), 90);
+        assert_eq!(u(&s["histograms"]["connect"]["count"]), 90);
+        assert_eq!(u(&s["histograms"]["handshake"]["count"]), 90);
+    }
+    let (echo, _c) =
+        bench(&["echo", "--url", &url, "--conns", "40", "--window", "1", "--duration", "0.5", "--procs", "2"]);
+    let m = &echo["messages"];
+    assert_eq!(u(&echo["histograms"]["rtt"]["count"]), u(&m["received"]), "merged histogram holds every sample");
+    assert_eq!(u(&m["received"]), u(&m["sent"]));
+}
+
+#[test]
+fn works_across_source_addresses() {
+    let srv = c100k(|c| c.listen = "127.0.0.1:0".parse().unwrap());
+    let url = format!("ws://{}/echo", srv.local_addr());
+    let (s, _d) = bench(&["connect", "--url", &url, "--conns", "40", "--hold", "0", "--src", "127.0.0.2-127.0.0.5"]);
+    assert_eq!(u(&s["connections"]["established"]), 40);
+    assert_eq!(s["parameters"]["src"], "127.0.0.2-127.0.0.5");
+}
