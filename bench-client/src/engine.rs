@@ -224,7 +224,7 @@ impl Engine {
                 log::error!("thread {}: poll failed: {e}", self.tid);
                 break;
             }
-            for ev in events.iter() {
+            for (i, ev) in events.iter().enumerate() {
                 if ev.token() == WAKER {
                     self.mailbox.drain(&mut cmds);
                     for c in cmds.drain(..) {
@@ -232,6 +232,10 @@ impl Engine {
                     }
                 } else {
                     self.on_event(ev);
+                }
+                // Keep the send schedule while working through a large batch of events.
+                if i % 32 == 31 {
+                    self.send_due(now_ns());
                 }
             }
         }
@@ -693,6 +697,7 @@ impl Engine {
                         continue;
                     }
                     let key = self.open[(self.next_k as usize - 1) % self.open.len()];
+                    record_ns(&mut self.out.hist[4], now.saturating_sub(due));
                     self.send_echo(key, due, size, binary);
                 }
             }
@@ -707,6 +712,7 @@ impl Engine {
                         continue; // this sender's connection is gone
                     }
                     self.senders[i].2 += 1;
+                    record_ns(&mut self.out.hist[4], now.saturating_sub(due));
                     self.pbuf.clear();
                     payload::broadcast(&mut self.pbuf, Stamp { s: idx, q: seq, t: due }, size);
                     frame::write_masked_frame(

@@ -22,15 +22,17 @@ pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
 }
 
 /// The histograms of a run, by name.
-pub const HISTOGRAMS: [&str; 4] = ["connect", "handshake", "rtt", "delivery"];
+pub const HISTOGRAMS: [&str; 5] = ["connect", "handshake", "rtt", "delivery", "send_lag"];
 
 /// Everything one thread, one process or the whole run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     /// TCP connect latency, handshake latency (TCP established → 101), echo round trip,
-    /// broadcast delivery (intended send → receipt). Serialized as hex V2-deflate.
+    /// broadcast delivery (intended send → receipt), and how late open-loop sends left the
+    /// generator (actual − intended send time: a late generator shows here, not only in the
+    /// latency). Serialized as hex V2-deflate.
     #[serde(with = "histograms")]
-    pub hist: [Histogram<u64>; 4],
+    pub hist: [Histogram<u64>; 5],
     pub attempted: u64,
     pub established: u64,
     /// Failed attempts by cause.
@@ -60,7 +62,7 @@ pub struct Outcome {
 impl Default for Outcome {
     fn default() -> Self {
         Outcome {
-            hist: [new_histogram(), new_histogram(), new_histogram(), new_histogram()],
+            hist: std::array::from_fn(|_| new_histogram()),
             attempted: 0,
             established: 0,
             failures: BTreeMap::new(),
@@ -137,8 +139,8 @@ mod histograms {
     use serde::de::Error as _;
     use serde::ser::Error as _;
 
-    pub fn serialize<S: serde::Serializer>(h: &[Histogram<u64>; 4], s: S) -> Result<S::Ok, S::Error> {
-        let mut out = Vec::with_capacity(4);
+    pub fn serialize<S: serde::Serializer>(h: &[Histogram<u64>; 5], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(h.len());
         for one in h {
             let mut buf = Vec::new();
             V2DeflateSerializer::new().serialize(one, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
@@ -147,9 +149,9 @@ mod histograms {
         out.serialize(s)
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Histogram<u64>; 4], D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Histogram<u64>; 5], D::Error> {
         let v: Vec<String> = Vec::deserialize(d)?;
-        let mut hs: Vec<Histogram<u64>> = Vec::with_capacity(4);
+        let mut hs: Vec<Histogram<u64>> = Vec::with_capacity(v.len());
         for s in &v {
             let bytes = unhex(s).ok_or_else(|| D::Error::custom("bad hex in histogram"))?;
             let h: Histogram<u64> =
@@ -159,7 +161,7 @@ mod histograms {
             ours.add(&h).map_err(|e| D::Error::custom(format!("{e:?}")))?;
             hs.push(ours);
         }
-        hs.try_into().map_err(|_| D::Error::custom("expected 4 histograms"))
+        hs.try_into().map_err(|_| D::Error::custom("expected 5 histograms"))
     }
 
     fn hex(b: &[u8]) -> String {

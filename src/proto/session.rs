@@ -124,6 +124,11 @@ impl Session {
         self.dec.buffered()
     }
 
+    /// Tick the current phase (or the outstanding ping) started.
+    pub fn since(&self) -> u32 {
+        self.mark
+    }
+
     /// Tick of the last received bytes.
     pub fn last_rx(&self) -> u32 {
         self.last_rx

@@ -430,6 +430,8 @@ impl Worker {
         handshake::write_switching_protocols(&mut self.wbuf, accept);
         let now = self.now32();
         let c = &mut self.conns[key];
+        // The handshake timer is still queued; when it fires the session re-arms for the ping.
+        let handshake_timer_due = c.sess.since().wrapping_add(self.scfg.handshake_timeout);
         c.sess.open(now);
         c.route = if room.is_some() { Route::Room } else { Route::Echo };
         if let Some(name) = room {
@@ -440,10 +442,12 @@ impl Worker {
         let m = self.m();
         m.handshakes_total.inc();
         m.websockets_open.inc();
-        if self.scfg.ping_interval > 0 {
-            self.arm(key, self.scfg.ping_interval);
-        } else {
+        if self.scfg.ping_interval == 0 {
             self.disarm(key);
+        } else if handshake_timer_due.wrapping_sub(now) > self.scfg.ping_interval {
+            // Only a ping due before the queued entry fires needs a new entry (one per
+            // connection keeps the wheel small).
+            self.arm(key, self.scfg.ping_interval);
         }
     }
 

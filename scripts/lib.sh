@@ -1,0 +1,82 @@
+# Shared helpers for the measurement scripts (source it). Every process a script starts with
+# `spawn` is stopped when the script exits, however it exits.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+C100K=$root/target/release/c100k
+BENCH=$root/target/release/bench-client
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+build_release() {
+  log "building release binaries"
+  (cd "$root" && cargo build --release --workspace --quiet) || die "build failed"
+}
+
+_pids=()
+_cleanup() {
+  local p
+  for p in "${_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${_pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+  done
+  wait 2>/dev/null
+  return 0
+}
+trap _cleanup EXIT
+trap 'exit 130' INT TERM
+
+# spawn LOGFILE CMD...: run in the background, remember the pid in SPAWNED.
+spawn() {
+  local logf=$1; shift
+  "$@" >"$logf" 2>&1 &
+  SPAWNED=$!
+  _pids+=("$SPAWNED")
+}
+
+# CPU pinning prefix: "taskset -c N" when the machine has more than one core, else nothing.
+pin() { if [ "$(nproc)" -gt 1 ]; then echo "taskset -c $1"; fi; }
+
+# wait_listening LOGFILE PID: wait for c100k's "listening on ADDR" line; prints ADDR.
+wait_listening() {
+  local logf=$1 pid=$2 addr=
+  for _ in $(seq 1 200); do
+    addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$logf" | head -n1)
+    [ -n "$addr" ] && { echo "$addr"; return 0; }
+    kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "server exited"; }
+    sleep 0.05
+  done
+  die "server did not start (log: $logf)"
+}
+
+# metric ADDR NAME: one value from c100k's /metrics.
+metric() {
+  curl -sf --max-time 5 "http://$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+}
+
+# wait_metric ADDR NAME VALUE TIMEOUT_S: wait until the metric is at least VALUE.
+wait_metric() {
+  local v
+  for _ in $(seq 1 $(($4 * 10))); do
+    v=$(metric "$1" "$2")
+    [ -n "$v" ] && [ "$v" -ge "$3" ] && return 0
+    sleep 0.1
+  done
+  die "$2 did not reach $3 within $4 s (last: ${v:-none})"
+}
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+slab_kb() { awk '/^Slab:/ { print $2 }' /proc/meminfo; }
+
+# cpu_ns PID: CPU time of every thread of PID, in ns (from schedstat: exact, not tick-based).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
+
+# median of the numbers on stdin
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+machine_line() {
+  echo "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+}
+
+utc_stamp() { date -u +%Y%m%dT%H%M%SZ; }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Server CPU per echoed message: CONNS connections, 32-byte text, one message in flight per
+# connection (closed loop) or a fixed total RATE, server pinned to core 0 and bench-client to
+# core 1. Server CPU is the sum of its threads' run time (schedstat, ns) over the whole client
+# run, divided by the messages echoed. Repeats RUNS times per server and reports medians.
+#
+# usage: scripts/measure-echo-cpu.sh [CONNS (1000)] [RUNS (5)] [SECONDS (10)]
+#   SERVERS  which servers, space separated (default "c100k"; add "node" for the Node ws peer,
+#            set up with scripts/setup-node-peer.sh)
+#   RATE     messages/s in total, open loop (default: closed loop, one in flight per connection)
+#   OUT      report directory (default results/<UTC>-echo-cpu)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+conns=${1:-1000}
+runs=${2:-5}
+secs=${3:-10}
+servers=${SERVERS:-c100k}
+rate=${RATE:-}
+load=(--window 1)
+[ -n "$rate" ] && load=(--rate "$rate")
+out=${OUT:-$root/results/$(utc_stamp)-echo-cpu${rate:+-$rate}}
+build_release
+mkdir -p "$out"
+tsv=$out/runs.tsv
+printf 'server\trun\tmessages\tmsgs_per_sec\tserver_cpu_s\tcpu_us_per_msg\tserver_core_pct\trtt_p50_us\trtt_p99_us\n' >"$tsv"
+
+start_server() { # name run -> sets SPID ADDR
+  case $1 in
+    c100k)
+      spawn "$out/$1-$2.log" $(pin 0) "$C100K" --listen 127.0.0.1:0 --threads 1
+      SPID=$SPAWNED
+      ADDR=$(wait_listening "$out/$1-$2.log" "$SPID")
+      ;;
+    node)
+      local dir=$root/target/node-ws port
+      [ -f "$dir/node_modules/ws/package.json" ] || die "run scripts/setup-node-peer.sh first"
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+      PORT=$port spawn "$out/$1-$2.log" $(pin 0) node "$dir/server.js"
+      SPID=$SPAWNED
+      ADDR=127.0.0.1:$port
+      for _ in $(seq 1 100); do grep -q listening "$out/$1-$2.log" && break; sleep 0.05; done
+      ;;
+    *) die "unknown server $1" ;;
+  esac
+}
+
+for server in $servers; do
+  for run in $(seq 1 "$runs"); do
+    start_server "$server" "$run"
+    cpu0=$(cpu_ns "$SPID")
+    wall0=$(date +%s%N)
+    $(pin 1) "$BENCH" echo --url "ws://$ADDR/echo" --conns "$conns" --size 32 "${load[@]}" \
+      --duration "$secs" --procs 1 --threads 1 --quiet --out "$out/bench-$server-$run" >"$out/client-$server-$run.log" 2>&1 \
+      || die "bench-client failed: $(tail -5 "$out/client-$server-$run.log")"
+    cpu1=$(cpu_ns "$SPID")
+    wall1=$(date +%s%N)
+    kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
+    python3 - "$out/bench-$server-$run/summary.json" "$server" "$run" "$cpu0" "$cpu1" "$wall0" "$wall1" >>"$tsv" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1])); server, run = sys.argv[2], sys.argv[3]
+cpu = (int(sys.argv[5]) - int(sys.argv[4])) / 1e9
+wall = (int(sys.argv[7]) - int(sys.argv[6])) / 1e9
+m = s["messages"]["received"]; d = s["duration_seconds"]; h = s["histograms"]["rtt"]
+print(f"{server}\t{run}\t{m}\t{m/d:.0f}\t{cpu:.3f}\t{cpu*1e6/m:.3f}\t{100*cpu/wall:.0f}\t{h['p50']}\t{h['p99']}")
+PY
+    log "$(tail -n1 "$tsv")"
+  done
+done
+
+{
+  echo "# Server CPU per echoed message"
+  echo
+  echo "- Date: $(date -u +%Y-%m-%d), machine: $(machine_line)"
+  echo "- Command: \`SERVERS=\"$servers\"${rate:+ RATE=$rate} scripts/measure-echo-cpu.sh $conns $runs $secs\`"
+  echo "- Load: \`bench-client echo --conns $conns --size 32 ${load[*]} --duration $secs --procs 1 --threads 1\`"
+  echo "  pinned to core 1; server pinned to core 0 (c100k with \`--threads 1\`). Server CPU = its"
+  echo "  threads' run time over the whole client run (ramp and teardown included) ÷ messages echoed."
+  echo
+  echo "| server | CPU per message (µs) | messages/s | server core used (over the client's wall time) | RTT p50 / p99 (µs) |"
+  echo "|---|---|---|---|---|"
+  for server in $servers; do
+    rows=$(awk -F'\t' -v s="$server" '$1 == s' "$tsv")
+    printf '| %s | **%s** | %s | %s%% | %s / %s |\n' "$server" \
+      "$(cut -f6 <<<"$rows" | median)" "$(cut -f4 <<<"$rows" | median)" "$(cut -f7 <<<"$rows" | median)" \
+      "$(cut -f8 <<<"$rows" | median)" "$(cut -f9 <<<"$rows" | median)"
+  done
+  echo
+  echo "Medians of $runs runs each; every run in [runs.tsv](runs.tsv), bench-client reports in \`bench-*/\`."
+} >"$out/README.md"
+cat "$out/README.md"
