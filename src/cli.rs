@@ -59,6 +59,26 @@ pub struct Args {
     /// listen(2) backlog. Default: net.core.somaxconn, at least 4096.
     #[arg(long, env = "C100K_BACKLOG")]
     pub backlog: Option<i32>,
+
+    /// Worker processes on the same port (SO_REUSEPORT), each with --threads loops, under a
+    /// supervisor that restarts them and drains them on SIGINT/SIGTERM. For hosts (or
+    /// containers) whose per-process open-file limit is below the connections wanted. Rooms
+    /// span one process.
+    #[arg(long, env = "C100K_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: u16,
+
+    /// How the kernel spreads new connections over the listeners: `hash` (its 4-tuple hash) or
+    /// `source-ip` (every connection from one client address to the same listener, so room
+    /// members sharing an address share a process).
+    #[arg(long, env = "C100K_REUSEPORT_STEER", value_enum, default_value_t = Steer::Hash)]
+    pub reuseport_steer: Steer,
+}
+
+/// See [`Args::reuseport_steer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steer {
+    Hash,
+    SourceIp,
 }
 
 /// Parse seconds (fractions allowed) into a Duration.
@@ -75,9 +95,10 @@ impl Args {
     /// open-file limit allows (used when --max-connections is not given).
     pub fn to_config(&self, fd_capacity: usize) -> Config {
         let d = Config::default();
+        let threads = self.threads.unwrap_or(d.threads).max(1);
         Config {
             listen: self.listen,
-            threads: self.threads.unwrap_or(d.threads).max(1),
+            threads,
             ping_interval: self.ping_interval,
             pong_timeout: self.pong_timeout,
             handshake_timeout: self.handshake_timeout,
@@ -88,6 +109,8 @@ impl Args {
             max_connections: self.max_connections.unwrap_or(fd_capacity),
             backlog: self.backlog.unwrap_or(d.backlog),
             tick: d.tick,
+            steer_by_source_ip: (self.reuseport_steer == Steer::SourceIp)
+                .then_some(usize::from(self.processes) * threads),
         }
     }
 }

@@ -9,4 +9,5 @@ pub mod limits;
 pub mod mailbox;
 pub mod proto;
 pub mod server;
+pub mod supervisor;
 pub mod timer;

@@ -1,5 +1,7 @@
-//! The `c100k` binary: parse flags, raise the open-file limit, run the loops, drain on a signal.
+//! The `c100k` binary: parse flags, raise the open-file limit, run the loops (or, with
+//! `--processes N`, supervise N worker processes), drain on a signal.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -8,13 +10,37 @@ use nix::sys::signal::{SigSet, Signal};
 use c100k::cli::Args;
 use c100k::limits;
 use c100k::server::Server;
+use c100k::supervisor;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    let role = match supervisor::worker_role() {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!("c100k worker: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    init_logging(role.as_ref().map(|r| r.index));
+
+    let wanted = args.max_connections.map_or(0, |n| n as u64) + limits::RESERVED_FDS;
+    let fd_limit = limits::raise_nofile(wanted);
+    if role.is_none() && args.processes > 1 {
+        let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if let Ok(l) = &fd_limit {
+            log::info!(
+                "{} per worker; {} workers can hold about {} connections",
+                l.describe("connections"),
+                args.processes,
+                l.usable() * u64::from(args.processes)
+            );
+        }
+        return supervisor::run(args.listen, usize::from(args.processes), threads.max(1), args.drain_timeout);
+    }
 
     // Block SIGINT/SIGTERM before any thread starts (threads inherit the mask); the main thread
     // then waits for them synchronously, with no async-signal-safety concerns.
@@ -25,15 +51,13 @@ fn main() -> ExitCode {
         log::error!("cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
-
-    let wanted = args.max_connections.map_or(0, |n| n as u64) + limits::RESERVED_FDS;
-    let fd_capacity = match limits::raise_nofile(wanted) {
+    let fd_capacity = match fd_limit {
         Ok(l) => {
             let line = l.describe("connections");
-            if l.is_enough() {
-                log::info!("{line}");
-            } else {
-                log::warn!("{line}");
+            match (l.is_enough(), role.is_some()) {
+                (false, _) => log::warn!("{line}"),
+                (true, false) => log::info!("{line}"),
+                (true, true) => log::debug!("{line}"),
             }
             l.usable() as usize
         }
@@ -42,9 +66,16 @@ fn main() -> ExitCode {
             1024
         }
     };
-    let cfg = args.to_config(fd_capacity);
+    let mut cfg = args.to_config(fd_capacity);
     let (threads, ping, max) = (cfg.threads, cfg.ping_interval, cfg.max_connections);
-    let server = match Server::start(cfg) {
+    let started = match role {
+        Some(r) => {
+            cfg.listen = r.listen;
+            Server::start_with(cfg, r.metrics)
+        }
+        None => Server::start(cfg),
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
@@ -52,8 +83,9 @@ fn main() -> ExitCode {
         }
     };
     log::info!(
-        "c100k listening on {} with {threads} event loops (ping every {:?}, up to {max} connections); \
+        "c100k {} {} with {threads} event loops (ping every {:?}, up to {max} connections); \
          routes: /echo, /ws?room=NAME, /healthz, /metrics",
+        if args.processes > 1 { "worker serving" } else { "listening on" },
         server.local_addr(),
         ping
     );
@@ -73,4 +105,13 @@ fn main() -> ExitCode {
     server.wait();
     log::info!("drained; bye");
     ExitCode::SUCCESS
+}
+
+/// Log to stderr at `info` (RUST_LOG overrides); workers tag their lines with their index.
+fn init_logging(worker: Option<usize>) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(i) = worker {
+        b.format(move |f, r| writeln!(f, "[{} {:<5} c100k worker {i}] {}", f.timestamp_seconds(), r.level(), r.args()));
+    }
+    b.init();
 }

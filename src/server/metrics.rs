@@ -37,9 +37,9 @@ impl Cell {
 
 macro_rules! metrics {
     ($( $field:ident : $kind:literal, $help:literal; )*) => {
-        /// One loop's metrics.
+        /// One loop's metrics. `repr(C)`: worker processes share these blocks in memory.
         #[derive(Debug, Default)]
-        #[repr(align(128))]
+        #[repr(C, align(128))]
         pub struct LoopMetrics {
             $( #[doc = $help] pub $field: Cell, )*
         }
@@ -53,6 +53,11 @@ macro_rules! metrics {
         impl LoopMetrics {
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot { $( $field: self.$field.get(), )* }
+            }
+
+            /// Zero every gauge (its process is gone or starting over); counters keep counting.
+            pub fn reset_gauges(&self) {
+                $( if $kind == "gauge" { self.$field.set(0); } )*
             }
         }
 
@@ -79,6 +84,7 @@ macro_rules! metrics {
 }
 
 metrics! {
+    loops_listening: "gauge", "Event loops accepting connections (drops to 0 while draining).";
     connections_open: "gauge", "TCP connections open (handshaking, open or closing).";
     websockets_open: "gauge", "Connections past the opening handshake and not yet closed.";
     connections_accepted_total: "counter", "TCP connections accepted.";

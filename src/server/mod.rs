@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod listener;
 pub mod metrics;
+pub mod metrics_store;
 pub mod outq;
 pub mod rooms;
 pub mod routes;
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use mio::{Interest, Poll, Token, Waker};
 
-use self::metrics::{LoopMetrics, Snapshot};
+use self::metrics::Snapshot;
+use self::metrics_store::MetricsStore;
 use self::rooms::{Command, Fanout, LocalFanout, Mailbox};
 
 #[cfg(not(target_pointer_width = "64"))]
@@ -50,6 +52,9 @@ pub struct Config {
     pub backlog: i32,
     /// Timer resolution.
     pub tick: Duration,
+    /// Steer each client address to one socket of the SO_REUSEPORT group of this many sockets
+    /// (all processes × loops) instead of the kernel's 4-tuple hash. `None`: the kernel's hash.
+    pub steer_by_source_ip: Option<usize>,
 }
 
 impl Default for Config {
@@ -67,6 +72,7 @@ impl Default for Config {
             max_connections: 1_000_000,
             backlog: listener::somaxconn().unwrap_or(4096).max(4096),
             tick: Duration::from_millis(10),
+            steer_by_source_ip: None,
         }
     }
 }
@@ -75,19 +81,15 @@ impl Default for Config {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub cfg: Config,
-    /// One block per loop (each written only by its loop).
-    pub metrics: Box<[LoopMetrics]>,
+    /// One block per loop (each written only by its loop), possibly shared with sibling processes.
+    pub metrics: MetricsStore,
     /// Connections open in this process (for --max-connections).
     pub open: AtomicUsize,
 }
 
 impl Shared {
     pub fn snapshot(&self) -> Snapshot {
-        let mut total = Snapshot::default();
-        for m in self.metrics.iter() {
-            total.add(&m.snapshot());
-        }
-        total
+        self.metrics.total()
     }
 }
 
@@ -106,6 +108,13 @@ pub struct Server {
 impl Server {
     /// Bind every loop's listener and start the loops.
     pub fn start(cfg: Config) -> io::Result<Server> {
+        let store = MetricsStore::private(cfg.threads.max(1));
+        Self::start_with(cfg, store)
+    }
+
+    /// Start with the given metric blocks (a worker process passes its slots of the region it
+    /// shares with its siblings).
+    pub fn start_with(cfg: Config, metrics: MetricsStore) -> io::Result<Server> {
         let n = cfg.threads.max(1);
         let first = listener::bind_reuseport(cfg.listen, cfg.backlog)?;
         // With port 0 the first bind picks the port; the others join it.
@@ -113,6 +122,9 @@ impl Server {
         let mut listeners = vec![first];
         for _ in 1..n {
             listeners.push(listener::bind_reuseport(local_addr, cfg.backlog)?);
+        }
+        if let Some(group) = cfg.steer_by_source_ip {
+            listener::steer_by_source_ip(&listeners[0], group)?;
         }
         let mut polls = Vec::with_capacity(n);
         let mut mailboxes = Vec::with_capacity(n);
@@ -122,11 +134,8 @@ impl Server {
             mailboxes.push(Arc::new(Mailbox::new(Waker::new(poll.registry(), WAKER)?)));
             polls.push(poll);
         }
-        let shared = Arc::new(Shared {
-            metrics: (0..n).map(|_| LoopMetrics::default()).collect(),
-            open: AtomicUsize::new(0),
-            cfg,
-        });
+        metrics.reset_own_gauges();
+        let shared = Arc::new(Shared { metrics, open: AtomicUsize::new(0), cfg });
         let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout::new(mailboxes.clone()));
         let mut threads = Vec::with_capacity(n);
         for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
@@ -147,7 +156,7 @@ impl Server {
 
     /// Metrics of each loop separately (index = loop id).
     pub fn loop_metrics(&self) -> Vec<Snapshot> {
-        self.shared.metrics.iter().map(LoopMetrics::snapshot).collect()
+        self.shared.metrics.own().iter().map(|m| m.snapshot()).collect()
     }
 
     /// Begin a graceful shutdown: stop accepting, send close 1001 to every connection, and let
@@ -166,7 +175,30 @@ impl Server {
     }
 }
 
-/// Render the `/metrics` body.
+/// Render the `/metrics` body: the whole server (every loop of every worker process).
 pub(crate) fn metrics_text(shared: &Shared) -> String {
-    metrics::render(&shared.snapshot(), &[])
+    use std::fmt::Write as _;
+    let store = &shared.metrics;
+    let mut text = metrics::render(
+        &store.total(),
+        &[
+            (
+                "processes",
+                "gauge",
+                "Worker processes serving this port (1 without --processes).",
+                store.processes() as u64,
+            ),
+            ("worker_restarts_total", "counter", "Worker processes restarted by the supervisor.", store.restarts()),
+        ],
+    );
+    if store.processes() > 1 {
+        let _ = writeln!(
+            text,
+            "# HELP c100k_worker_websockets_open Open WebSocket connections per worker process.\n# TYPE c100k_worker_websockets_open gauge"
+        );
+        for (i, s) in store.per_process().iter().enumerate() {
+            let _ = writeln!(text, "c100k_worker_websockets_open{{worker=\"{i}\"}} {}", s.websockets_open);
+        }
+    }
+    text
 }

@@ -138,7 +138,7 @@ impl Worker {
     }
 
     fn m(&self) -> &LoopMetrics {
-        &self.shared.metrics[self.id]
+        self.shared.metrics.mine(self.id)
     }
 
     fn now32(&self) -> u32 {
@@ -150,6 +150,7 @@ impl Worker {
     }
 
     pub fn run(mut self) {
+        self.m().loops_listening.set(1);
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         let mut inbox = Vec::new();
@@ -535,7 +536,7 @@ impl Worker {
     fn relay_local(&mut self, room: u32, except: Option<u32>, framed: &Bytes) {
         let Worker { rooms, conns, doomed, shared, id, .. } = self;
         let Some(r) = rooms.get(room) else { return };
-        let m = &shared.metrics[*id];
+        let m = shared.metrics.mine(*id);
         let max_backlog = shared.cfg.max_backlog;
         let (mut sent, mut written, mut queued) = (0u64, 0u64, 0u64);
         for &k in &r.members {
@@ -760,6 +761,7 @@ impl Worker {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.m().loops_listening.set(0);
         self.accept_retry_at = None;
         self.drain_deadline = Some(self.now + self.ticks(drain));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();

@@ -31,6 +31,7 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> Server {
         max_connections: 100_000,
         backlog: 4096,
         tick: Duration::from_millis(10),
+        steer_by_source_ip: None,
     };
     tweak(&mut cfg);
     Server::start(cfg).expect("server starts")
@@ -89,8 +90,13 @@ fn rand_bytes() -> [u8; 16] {
 impl RawWs {
     /// Connect and complete the handshake on `target` (e.g. "/echo", "/ws?room=a").
     pub fn connect(addr: SocketAddr, target: &str) -> RawWs {
+        Self::over(tcp(addr), addr, target)
+    }
+
+    /// Complete the handshake over an already connected stream.
+    pub fn over(mut stream: TcpStream, addr: SocketAddr, target: &str) -> RawWs {
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let (req, key) = upgrade_request(addr, target);
-        let mut stream = tcp(addr);
         stream.write_all(&req).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -233,4 +239,89 @@ pub fn http(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
 
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     http(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+}
+
+/// The c100k binary, started with `args` (plus --listen 127.0.0.1:0), and the address it
+/// reports; its stderr keeps being drained into `log` on a thread.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    pub fn start(args: &[&str]) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_c100k"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn c100k");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr: SocketAddr = loop {
+            let line = lines.next().expect("c100k exited before listening").unwrap();
+            log.lock().unwrap().push(line.clone());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
+        Binary { child, addr, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Wait for the process to exit; panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "c100k did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One metric from /metrics (exact name, labels included).
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (_, _, body) = get(addr, "/metrics");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).map(|v| v.parse().unwrap()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Child processes of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            v.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    v
 }

@@ -1,0 +1,116 @@
+//! Multi-process mode (--processes N) on the real binary: whole-server metrics from any worker,
+//! restart of a worker that dies, graceful shutdown across workers, source-address steering.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Open echo connections until every worker holds at least one.
+fn spread(bin: &Binary, workers: usize) -> Vec<RawWs> {
+    let mut conns = Vec::new();
+    loop {
+        conns.push(RawWs::connect(bin.addr, "/echo"));
+        let counts: Vec<u64> = (0..workers)
+            .map(|i| metric(bin.addr, &format!("c100k_worker_websockets_open{{worker=\"{i}\"}}")))
+            .collect();
+        if counts.iter().all(|&c| c > 0) {
+            return conns;
+        }
+        assert!(conns.len() < 200, "connections never reached every worker: {counts:?}");
+    }
+}
+
+#[test]
+fn any_worker_reports_the_whole_server() {
+    let bin = Binary::start(&["--processes", "2", "--threads", "1"]);
+    assert!(bin.logged("rooms span one process"));
+    let conns = spread(&bin, 2);
+    // Each scrape may land on either worker; every one must report all connections.
+    for _ in 0..10 {
+        assert_eq!(metric(bin.addr, "c100k_websockets_open"), conns.len() as u64);
+        assert_eq!(metric(bin.addr, "c100k_processes"), 2);
+        let (status, _, _) = get(bin.addr, "/healthz");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(children(bin.pid()).len(), 2);
+}
+
+#[test]
+fn a_dead_worker_is_restarted_and_the_rest_keep_serving() {
+    let bin = Binary::start(&["--processes", "2", "--threads", "1"]);
+    let mut conns = spread(&bin, 2);
+    let before = children(bin.pid());
+    assert_eq!(before.len(), 2);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
+    wait_for("restart", Duration::from_secs(10), || {
+        let now = children(bin.pid());
+        now.len() == 2 && !now.contains(&before[0])
+    });
+    wait_for("restart counted", Duration::from_secs(5), || metric(bin.addr, "c100k_worker_restarts_total") == 1);
+    assert!(bin.logged("died after"), "the death is logged");
+    // Connections of the dead worker are gone, the others still echo; gauges agree.
+    let mut alive = 0;
+    for c in conns.iter_mut() {
+        c.ping(b"x");
+        match c.recv() {
+            Some(Msg::Pong(_)) => alive += 1,
+            None => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(alive > 0 && alive < conns.len(), "{alive} of {} survived", conns.len());
+    assert_eq!(metric(bin.addr, "c100k_websockets_open"), alive as u64);
+    let mut fresh = RawWs::connect(bin.addr, "/echo");
+    fresh.text("after restart");
+    assert_eq!(fresh.recv(), Some(Msg::Text("after restart".into())));
+}
+
+#[test]
+fn sigterm_drains_every_worker_then_exits_zero() {
+    let mut bin = Binary::start(&["--processes", "3", "--threads", "1", "--drain-timeout", "5"]);
+    let mut conns = spread(&bin, 3);
+    let workers = children(bin.pid());
+    bin.signal(Signal::SIGTERM);
+    for c in conns.iter_mut() {
+        assert_eq!(c.expect_close(), Some(1001));
+        c.close(1001);
+        c.expect_eof();
+    }
+    let status = bin.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    for w in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists() || is_zombie_of_reaped(w),
+            "worker {w} left behind"
+        );
+    }
+}
+
+/// A worker pid may linger briefly as another process's zombie entry only if reused; treat a
+/// missing or non-c100k process as gone.
+fn is_zombie_of_reaped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).map_or(true, |c| !c.contains("c100k"))
+}
+
+#[test]
+fn source_ip_steering_keeps_a_room_in_one_process() {
+    let bin = Binary::start(&["--processes", "2", "--threads", "1", "--reuseport-steer", "source-ip"]);
+    // Members from one address share a worker, so the room works across "processes".
+    let connect_from = |src: &str| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&format!("{src}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        s.connect(&bin.addr.into()).unwrap();
+        RawWs::over(s.into(), bin.addr, "/ws?room=steered")
+    };
+    let mut members: Vec<RawWs> = (0..6).map(|_| connect_from("127.0.0.20")).collect();
+    let per_worker: Vec<u64> =
+        (0..2).map(|i| metric(bin.addr, &format!("c100k_worker_websockets_open{{worker=\"{i}\"}}"))).collect();
+    assert!(per_worker.contains(&6) && per_worker.contains(&0), "all on one worker: {per_worker:?}");
+    members[0].text("{\"hi\":1}");
+    for m in members.iter_mut().skip(1) {
+        assert_eq!(m.recv(), Some(Msg::Text("{\"hi\":1}".into())));
+    }
+}
