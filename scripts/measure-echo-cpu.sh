@@ -8,6 +8,8 @@
 #   SERVERS  which servers, space separated (default "c100k"; add "node" for the Node ws peer,
 #            set up with scripts/setup-node-peer.sh)
 #   RATE     messages/s in total, open loop (default: closed loop, one in flight per connection)
+#   BROADCAST=1  instead of echo: one room of CONNS members, 10 senders at RATE (default 100)
+#            messages/s in total; reports server CPU per delivery and delivery latency
 #   OUT      report directory (default results/<UTC>-echo-cpu)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,9 +19,12 @@ runs=${2:-5}
 secs=${3:-10}
 servers=${SERVERS:-c100k}
 rate=${RATE:-}
+broadcast=${BROADCAST:-0}
 load=(--window 1)
 [ -n "$rate" ] && load=(--rate "$rate")
-out=${OUT:-$root/results/$(utc_stamp)-echo-cpu${rate:+-$rate}}
+what=echo
+if [ "$broadcast" = 1 ]; then what=broadcast; rate=${rate:-100}; fi
+out=${OUT:-$root/results/$(utc_stamp)-$what-cpu${rate:+-$rate}}
 build_release
 mkdir -p "$out"
 tsv=$out/runs.tsv
@@ -50,9 +55,14 @@ for server in $servers; do
     start_server "$server" "$run"
     cpu0=$(cpu_ns "$SPID")
     wall0=$(date +%s%N)
-    $(pin 1) "$BENCH" echo --url "ws://$ADDR/echo" --conns "$conns" --size 32 "${load[@]}" \
-      --duration "$secs" --procs 1 --threads 1 --quiet --out "$out/bench-$server-$run" >"$out/client-$server-$run.log" 2>&1 \
-      || die "bench-client failed: $(tail -5 "$out/client-$server-$run.log")"
+    if [ "$broadcast" = 1 ]; then
+      room_path=/ws; [ "$server" = node ] && room_path=/chat
+      cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size 64)
+    else
+      cmd=(echo --url "ws://$ADDR/echo" --conns "$conns" --size 32 "${load[@]}")
+    fi
+    $(pin 1) "$BENCH" "${cmd[@]}" --duration "$secs" --procs 1 --threads 1 --quiet --out "$out/bench-$server-$run" \
+      >"$out/client-$server-$run.log" 2>&1 || die "bench-client failed: $(tail -5 "$out/client-$server-$run.log")"
     cpu1=$(cpu_ns "$SPID")
     wall1=$(date +%s%N)
     kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
@@ -61,7 +71,8 @@ import json, sys
 s = json.load(open(sys.argv[1])); server, run = sys.argv[2], sys.argv[3]
 cpu = (int(sys.argv[5]) - int(sys.argv[4])) / 1e9
 wall = (int(sys.argv[7]) - int(sys.argv[6])) / 1e9
-m = s["messages"]["received"]; d = s["duration_seconds"]; h = s["histograms"]["rtt"]
+m = s["messages"]["received"]; d = s["duration_seconds"]
+h = s["histograms"].get("rtt") or s["histograms"]["delivery"]
 print(f"{server}\t{run}\t{m}\t{m/d:.0f}\t{cpu:.3f}\t{cpu*1e6/m:.3f}\t{100*cpu/wall:.0f}\t{h['p50']}\t{h['p99']}")
 PY
     log "$(tail -n1 "$tsv")"
@@ -69,15 +80,20 @@ PY
 done
 
 {
-  echo "# Server CPU per echoed message"
+  if [ "$broadcast" = 1 ]; then echo "# Server CPU per broadcast delivery"; else echo "# Server CPU per echoed message"; fi
   echo
   echo "- Date: $(date -u +%Y-%m-%d), machine: $(machine_line)"
-  echo "- Command: \`SERVERS=\"$servers\"${rate:+ RATE=$rate} scripts/measure-echo-cpu.sh $conns $runs $secs\`"
-  echo "- Load: \`bench-client echo --conns $conns --size 32 ${load[*]} --duration $secs --procs 1 --threads 1\`"
+  echo "- Command: \`SERVERS=\"$servers\"${rate:+ RATE=$rate}$([ "$broadcast" = 1 ] && echo " BROADCAST=1") scripts/measure-echo-cpu.sh $conns $runs $secs\`"
+  if [ "$broadcast" = 1 ]; then
+    echo "- Load: \`bench-client broadcast --members $conns --rooms 1 --senders 10 --rate $rate --size 64 --duration $secs --procs 1 --threads 1\`"
+    echo "  (\"messages\" below are deliveries: each message reaches the $((conns - 1)) other members)"
+  else
+    echo "- Load: \`bench-client echo --conns $conns --size 32 ${load[*]} --duration $secs --procs 1 --threads 1\`"
+  fi
   echo "  pinned to core 1; server pinned to core 0 (c100k with \`--threads 1\`). Server CPU = its"
   echo "  threads' run time over the whole client run (ramp and teardown included) ÷ messages echoed."
   echo
-  echo "| server | CPU per message (µs) | messages/s | server core used (over the client's wall time) | RTT p50 / p99 (µs) |"
+  echo "| server | CPU per message (µs) | messages/s | server core used (over the client's wall time) | latency p50 / p99 (µs) |"
   echo "|---|---|---|---|---|"
   for server in $servers; do
     rows=$(awk -F'\t' -v s="$server" '$1 == s' "$tsv")

@@ -42,6 +42,10 @@ pub mod flags {
     /// half-closed and kept until the peer's EOF, so a peer still sending cannot RST away our
     /// last bytes (failures, HTTP rejections).
     pub const CLOSE_WHEN_FLUSHED: u8 = 8;
+    /// Frames were corked for this connection in this loop iteration; it is on the flush list.
+    pub const DIRTY: u8 = 16;
+    /// The socket refused bytes: the queue is flushed on the next writable edge.
+    pub const BLOCKED: u8 = 32;
 }
 
 #[derive(Debug)]
@@ -90,21 +94,15 @@ impl Conn {
         self.out.as_ref().map_or(0, |q| q.queued())
     }
 
-    /// Send a shared buffer: straight to the socket when nothing is queued, else (or for what the
-    /// socket does not take) into the queue without copying.
-    pub fn send_bytes(&mut self, b: &Bytes) -> Sent {
-        if let Some(q) = self.out.as_mut() {
-            q.push(b.clone());
-            return Sent::Ok { written: 0, queued: b.len() };
-        }
-        match write_once(&mut self.stream, b) {
-            Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
-            Ok(n) => {
-                self.queue().push_rest(b.slice(n..), n > 0);
-                Sent::Ok { written: n, queued: b.len() - n }
-            }
-            Err(_) => Sent::Broken,
-        }
+    /// Queue a shared buffer (no copy) to go out at the end of the loop iteration, together with
+    /// everything else queued for this connection meanwhile: one `writev` for many relayed
+    /// frames. Returns true the first time in an iteration (the caller lists the connection for
+    /// the end-of-iteration flush).
+    pub fn cork(&mut self, b: &Bytes) -> bool {
+        self.queue().push(b.clone());
+        let first = !self.has(flags::DIRTY);
+        self.flags |= flags::DIRTY;
+        first
     }
 
     /// Send bytes from a scratch buffer; the part the socket does not take is copied once into
@@ -121,6 +119,7 @@ impl Conn {
             Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
             Ok(n) => {
                 self.queue().push_rest(Bytes::copy_from_slice(&b[n..]), n > 0);
+                self.flags |= flags::BLOCKED;
                 Sent::Ok { written: n, queued: b.len() - n }
             }
             Err(_) => Sent::Broken,
@@ -135,8 +134,10 @@ impl Conn {
         let n = q.flush(&mut self.stream)?;
         if q.is_empty() {
             self.out = None;
+            self.flags &= !flags::BLOCKED;
             return Ok((n, true));
         }
+        self.flags |= flags::BLOCKED;
         Ok((n, false))
     }
 

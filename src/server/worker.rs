@@ -44,15 +44,6 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// The write scratch buffer is shrunk back after a large burst.
 const WBUF_KEEP: usize = 1 << 20;
 
-/// Why a connection is being closed by the server outside the normal flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Doom {
-    /// A write failed: drop it.
-    Broken,
-    /// Its queue passed --max-backlog: close with 1008.
-    Slow,
-}
-
 pub(crate) struct Worker {
     id: usize,
     poll: Poll,
@@ -79,7 +70,10 @@ pub(crate) struct Worker {
     last_accept_warning: Option<u64>,
     /// Set once shutdown began: exit when empty or at this tick.
     drain_deadline: Option<u64>,
-    doomed: Vec<(u32, u32, Doom)>,
+    /// Slow consumers found while relaying, closed once the relay loop is done.
+    slow: Vec<(u32, u32)>,
+    /// Connections with corked frames, flushed once at the end of the loop iteration.
+    dirty: Vec<(usize, u32)>,
     /// Connections whose read budget ran out with input possibly left.
     ready: Vec<(usize, u32)>,
 }
@@ -132,7 +126,8 @@ impl Worker {
             accept_retry_at: None,
             last_accept_warning: None,
             drain_deadline: None,
-            doomed: Vec::new(),
+            slow: Vec::new(),
+            dirty: Vec::new(),
             ready: Vec::new(),
         }
     }
@@ -173,6 +168,7 @@ impl Worker {
             }
             self.run_ready();
             self.expire_timers(&mut expired);
+            self.flush_dirty();
             if self.accept_retry_at.is_some_and(|t| self.now >= t) {
                 self.accept_retry_at = None;
                 self.accept();
@@ -531,14 +527,15 @@ impl Worker {
         }
     }
 
-    /// Write a framed message to this loop's members of `room` (except the sender). Members
-    /// whose queue would pass --max-backlog are closed with 1008 afterwards.
+    /// Cork a framed message for this loop's members of `room` (except the sender); it goes out
+    /// in the end-of-iteration flush. Members whose queue would pass --max-backlog are closed
+    /// with 1008 afterwards.
     fn relay_local(&mut self, room: u32, except: Option<u32>, framed: &Bytes) {
-        let Worker { rooms, conns, doomed, shared, id, .. } = self;
+        let Worker { rooms, conns, slow, dirty, shared, id, .. } = self;
         let Some(r) = rooms.get(room) else { return };
         let m = shared.metrics.mine(*id);
         let max_backlog = shared.cfg.max_backlog;
-        let (mut sent, mut written, mut queued) = (0u64, 0u64, 0u64);
+        let mut sent = 0u64;
         for &k in &r.members {
             if Some(k) == except {
                 continue;
@@ -550,42 +547,46 @@ impl Worker {
                 continue;
             }
             if c.out.is_some() && c.queued() + framed.len() > max_backlog {
-                doomed.push((k, c.gen, Doom::Slow));
+                slow.push((k, c.gen));
                 continue;
             }
-            match c.send_bytes(framed) {
-                Sent::Ok { written: w, queued: q } => {
-                    sent += 1;
-                    written += w as u64;
-                    queued += q as u64;
-                }
-                Sent::Broken => doomed.push((k, c.gen, Doom::Broken)),
+            if c.cork(framed) {
+                dirty.push((k as usize, c.gen));
             }
+            sent += 1;
         }
         m.messages_sent_total.add(sent);
-        m.bytes_sent_total.add(written);
-        m.outbound_queued_bytes.add(queued);
-        while let Some((k, gen, why)) = self.doomed.pop() {
+        m.outbound_queued_bytes.add(sent * framed.len() as u64);
+        while let Some((k, gen)) = self.slow.pop() {
             if !self.live(k as usize, gen) {
                 continue;
             }
-            match why {
-                Doom::Broken => self.drop_conn(k as usize),
-                Doom::Slow => {
-                    self.m().slow_consumer_closes_total.inc();
-                    log::debug!(
-                        "loop {}: slow consumer {k}: {} bytes queued",
-                        self.id,
-                        self.conns[k as usize].queued()
-                    );
-                    if let Some(q) = self.conns[k as usize].out.as_mut() {
-                        let dropped = q.drop_unstarted();
-                        self.m().outbound_queued_bytes.sub(dropped as u64);
-                    }
-                    self.close_with(k as usize, codes::POLICY, "slow consumer: outbound queue over --max-backlog");
-                }
+            self.m().slow_consumer_closes_total.inc();
+            log::debug!("loop {}: slow consumer {k}: {} bytes queued", self.id, self.conns[k as usize].queued());
+            if let Some(q) = self.conns[k as usize].out.as_mut() {
+                let dropped = q.drop_unstarted();
+                self.m().outbound_queued_bytes.sub(dropped as u64);
+            }
+            self.close_with(k as usize, codes::POLICY, "slow consumer: outbound queue over --max-backlog");
+        }
+    }
+
+    /// Write out what was corked this iteration: one flush (`writev`) per connection, however
+    /// many frames it collected. Sockets already waiting for a writable edge are left to it.
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &(key, gen) in &dirty {
+            if !self.live(key, gen) {
+                continue;
+            }
+            let c = &mut self.conns[key];
+            c.flags &= !flags::DIRTY;
+            if !c.has(flags::BLOCKED) {
+                self.on_writable(key);
             }
         }
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     /// Start the closing handshake on an open connection (shutdown 1001, slow consumer 1008).
