@@ -58,11 +58,14 @@ spawn "$out/server.log" $(pin 0) "$C100K" --listen 127.0.0.1:0 --processes "$pro
   --ping-interval "$ping" --reuseport-steer source-ip
 sup=$SPAWNED
 addr=$(wait_listening "$out/server.log" "$sup")
-workers=$(pgrep -P "$sup" | tr '\n' ' ')
+if [ "$procs" = 1 ]; then workers=$sup; else workers=$(pgrep -P "$sup" | tr '\n' ' '); fi
 [ "$(wc -w <<<"$workers")" = "$procs" ] || die "expected $procs workers, found: $workers"
 log "c100k on $addr: supervisor $sup, workers $workers"
 
 worker_index() { tr '\0' '\n' <"/proc/$1/environ" | sed -n 's/^C100K_WORKER_INDEX=//p'; }
+worker_conns() { # worker index -> its open WebSockets
+  if [ "$procs" = 1 ]; then metric "$addr" c100k_websockets_open; else metric "$addr" "c100k_worker_websockets_open{worker=\"$1\"}"; fi
+}
 declare -A rss0
 for w in $workers; do rss0[$w]=$(rss_kb "$w"); done
 slab0=$(slab_kb)
@@ -86,8 +89,8 @@ sleep 5
 {
   printf 'worker\tpid\tconnections\trss_before_kb\trss_after_kb\tbytes_per_connection\n'
   for w in $workers; do
-    i=$(worker_index "$w")
-    n=$(metric "$addr" "c100k_worker_websockets_open{worker=\"$i\"}")
+    i=$(worker_index "$w"); i=${i:-0}
+    n=$(worker_conns "$i")
     r1=$(rss_kb "$w")
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$w" "$n" "${rss0[$w]}" "$r1" $(( (r1 - ${rss0[$w]}) * 1024 / (n > 0 ? n : 1) ))
   done
@@ -96,7 +99,7 @@ slab1=$(slab_kb)
 kernel_per_conn=$(( (slab1 - slab0) * 1024 / conns ))
 
 # CPU while idle, with heartbeats (the window should cover at least one ping round).
-cpu_all() { local s=0 p; for p in $sup $workers; do s=$(( s + $(cpu_ns "$p") )); done; echo "$s"; }
+cpu_all() { local s=0 p; for p in $(echo "$sup $workers" | tr ' ' '\n' | sort -u); do s=$(( s + $(cpu_ns "$p") )); done; echo "$s"; }
 pings0=$(metric "$addr" c100k_pings_sent_total)
 c0=$(cpu_all); sleep "$window"; c1=$(cpu_all)
 pings1=$(metric "$addr" c100k_pings_sent_total)

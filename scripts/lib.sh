@@ -15,13 +15,14 @@ build_release() {
 
 _pids=()
 _cleanup() {
+  set +e # every process must be stopped, even if some already exited
   local p
   for p in "${_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${_pids[@]}"; do
     for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null # only our own: a bare `wait` would also wait for `tee` in >(…)
   done
-  wait 2>/dev/null
   return 0
 }
 trap _cleanup EXIT

@@ -96,7 +96,7 @@ impl Args {
     pub fn to_config(&self, fd_capacity: usize) -> Config {
         let d = Config::default();
         let threads = self.threads.unwrap_or(d.threads).max(1);
-        Config {
+        let mut cfg = Config {
             listen: self.listen,
             threads,
             ping_interval: self.ping_interval,
@@ -111,7 +111,9 @@ impl Args {
             tick: d.tick,
             steer_by_source_ip: (self.reuseport_steer == Steer::SourceIp)
                 .then_some(usize::from(self.processes) * threads),
-        }
+        };
+        cfg.tick = cfg.auto_tick();
+        cfg
     }
 }
 
@@ -139,5 +141,14 @@ mod tests {
         assert_eq!(c.max_backlog, 1 << 20);
         assert_eq!(c.max_connections, 19_000);
         assert!(c.backlog >= 4096);
+        assert_eq!(c.tick, Duration::from_millis(100), "defaults: the 5 s close timeout / 20, capped");
+    }
+
+    #[test]
+    fn short_timeouts_get_a_finer_tick() {
+        let a = Args::try_parse_from(["c100k", "--ping-interval", "0.2", "--pong-timeout", "0.3"]).unwrap();
+        assert_eq!(a.to_config(100).tick, Duration::from_millis(10));
+        let b = Args::try_parse_from(["c100k", "--ping-interval", "0", "--close-timeout", "0.001"]).unwrap();
+        assert_eq!(b.to_config(100).tick, Duration::from_millis(1));
     }
 }

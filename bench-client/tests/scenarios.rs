@@ -191,3 +191,31 @@ fn works_across_source_addresses() {
     assert_eq!(u(&s["connections"]["established"]), 40);
     assert_eq!(s["parameters"]["src"], "127.0.0.2-127.0.0.5");
 }
+
+#[test]
+fn ctrl_c_still_writes_the_report() {
+    let srv = c100k(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(["echo", "--url", &format!("ws://{}/echo", srv.local_addr()), "--conns", "10", "--duration", "60"])
+        .arg("--out")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while srv.metrics().messages_received_total < 1000 {
+        assert!(std::time::Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["interrupted"], true);
+    assert!(s["duration_seconds"].as_f64().unwrap() < 30.0, "stopped early");
+    assert!(u(&s["messages"]["received"]) >= 1000);
+    assert_eq!(u(&s["messages"]["received"]), u(&s["messages"]["sent"]), "drained before reporting");
+}

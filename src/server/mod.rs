@@ -50,7 +50,7 @@ pub struct Config {
     pub max_connections: usize,
     /// listen(2) backlog (capped by net.core.somaxconn).
     pub backlog: i32,
-    /// Timer resolution.
+    /// Timer resolution (see [`Config::auto_tick`]).
     pub tick: Duration,
     /// Steer each client address to one socket of the SO_REUSEPORT group of this many sockets
     /// (all processes × loops) instead of the kernel's 4-tuple hash. `None`: the kernel's hash.
@@ -71,9 +71,23 @@ impl Default for Config {
             max_backlog: 1 << 20,
             max_connections: 1_000_000,
             backlog: listener::somaxconn().unwrap_or(4096).max(4096),
-            tick: Duration::from_millis(10),
+            tick: Duration::from_millis(100),
             steer_by_source_ip: None,
         }
+    }
+}
+
+impl Config {
+    /// Timer resolution for these timeouts: 1/20 of the shortest (5% precision), between 1 ms
+    /// and 100 ms. Coarse ticks matter at scale: heartbeats due in the same tick go out together,
+    /// so the pongs come back in bursts and are read in batches instead of one wake-up each.
+    pub fn auto_tick(&self) -> Duration {
+        [self.ping_interval, self.pong_timeout, self.handshake_timeout, self.close_timeout]
+            .into_iter()
+            .filter(|d| !d.is_zero())
+            .min()
+            .map_or(Duration::from_millis(100), |d| d / 20)
+            .clamp(Duration::from_millis(1), Duration::from_millis(100))
     }
 }
 
