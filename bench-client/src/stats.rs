@@ -25,14 +25,14 @@ pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
 pub const HISTOGRAMS: [&str; 5] = ["connect", "handshake", "rtt", "delivery", "send_lag"];
 
 /// Everything one thread, one process or the whole run measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
     /// TCP connect latency, handshake latency (TCP established → 101), echo round trip,
     /// broadcast delivery (intended send → receipt), and how late open-loop sends left the
     /// generator (actual − intended send time: a late generator shows here, not only in the
     /// latency). Serialized as hex V2-deflate.
     #[serde(with = "histograms")]
-    pub hist: [Histogram<u64>; 5],
+    pub hist: Hists,
     pub attempted: u64,
     pub established: u64,
     /// Failed attempts by cause.
@@ -59,27 +59,26 @@ pub struct Outcome {
     pub run_end: u64,
 }
 
-impl Default for Outcome {
+/// The run's histograms (see [`HISTOGRAMS`] for their order), all with the same bounds.
+#[derive(Debug, Clone)]
+pub struct Hists(pub [Histogram<u64>; 5]);
+
+impl Default for Hists {
     fn default() -> Self {
-        Outcome {
-            hist: std::array::from_fn(|_| new_histogram()),
-            attempted: 0,
-            established: 0,
-            failures: BTreeMap::new(),
-            drops: BTreeMap::new(),
-            sent: 0,
-            received: 0,
-            duplicated: 0,
-            out_of_order: 0,
-            corrupt: 0,
-            self_deliveries: 0,
-            sent_by_room: BTreeMap::new(),
-            members_by_room: BTreeMap::new(),
-            ramp_start: 0,
-            ramp_end: 0,
-            run_start: 0,
-            run_end: 0,
-        }
+        Hists(std::array::from_fn(|_| new_histogram()))
+    }
+}
+
+impl std::ops::Deref for Hists {
+    type Target = [Histogram<u64>; 5];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Hists {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -139,9 +138,9 @@ mod histograms {
     use serde::de::Error as _;
     use serde::ser::Error as _;
 
-    pub fn serialize<S: serde::Serializer>(h: &[Histogram<u64>; 5], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(h: &Hists, s: S) -> Result<S::Ok, S::Error> {
         let mut out = Vec::with_capacity(h.len());
-        for one in h {
+        for one in h.iter() {
             let mut buf = Vec::new();
             V2DeflateSerializer::new().serialize(one, &mut buf).map_err(|e| S::Error::custom(format!("{e:?}")))?;
             out.push(hex(&buf));
@@ -149,7 +148,7 @@ mod histograms {
         out.serialize(s)
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Histogram<u64>; 5], D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Hists, D::Error> {
         let v: Vec<String> = Vec::deserialize(d)?;
         let mut hs: Vec<Histogram<u64>> = Vec::with_capacity(v.len());
         for s in &v {
@@ -161,7 +160,7 @@ mod histograms {
             ours.add(&h).map_err(|e| D::Error::custom(format!("{e:?}")))?;
             hs.push(ours);
         }
-        hs.try_into().map_err(|_| D::Error::custom("expected 5 histograms"))
+        hs.try_into().map(Hists).map_err(|_| D::Error::custom("expected 5 histograms"))
     }
 
     fn hex(b: &[u8]) -> String {
