@@ -478,6 +478,49 @@ mod tests {
         assert_eq!(h.on_timer(90, &mut out, &CFG), TimerAction::Expired(Expiry::Linger));
     }
 
+    /// Peer bytes can be anything: valid frames with random mutations, cut at random points,
+    /// must never panic, and every session must end in a close code or keep going.
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n.max(1) as u64) as usize
+        };
+        let cfg = SessionConfig { max_message: 4096, ..CFG };
+        for _ in 0..3000 {
+            let mut stream = Vec::new();
+            for _ in 0..rnd(6) + 1 {
+                let opcode = OpCode::from([0u8, 1, 2, 8, 9, 10, 3, 11][rnd(8)]);
+                let payload: Vec<u8> = (0..rnd(300)).map(|_| rnd(256) as u8).collect();
+                let start = stream.len();
+                write_masked_frame(&mut stream, opcode, &payload, [1, 2, 3, 4]);
+                if rnd(4) == 0 {
+                    stream[start] ^= 1 << rnd(8); // flip FIN/RSV/opcode bits
+                }
+                if rnd(6) == 0 {
+                    stream[start + 1] ^= 1 << rnd(8); // mask bit, length
+                }
+            }
+            let mut s = open(0);
+            let mut out = Vec::new();
+            let mut off = 0;
+            while off < stream.len() {
+                let n = (rnd(64) + 1).min(stream.len() - off);
+                let mut chunk = stream[off..off + n].to_vec();
+                off += n;
+                let mut rest: &mut [u8] = &mut chunk;
+                while let Some(ev) = s.feed(&mut rest, 1, &mut out, &cfg) {
+                    if let Event::Finish(Ending::Failed(e)) = ev {
+                        assert!([1002, 1007, 1009].contains(&e.code));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn session_is_small() {
         assert!(std::mem::size_of::<Session>() <= 24, "{}", std::mem::size_of::<Session>());
