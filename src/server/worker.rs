@@ -410,6 +410,7 @@ impl Worker {
             *self.conns[key].sess.stash() = head;
             return;
         };
+        let failed = decision.is_handshake_failure();
         match decision {
             Decision::Upgrade { accept, room } => {
                 self.upgrade(key, &accept, room);
@@ -419,7 +420,9 @@ impl Worker {
                     self.feed_frames(key, rest);
                 }
             }
-            Decision::Respond { status, headers, body } => self.respond(key, status, headers, body),
+            Decision::Respond { status, headers, body } => {
+                self.respond(key, status, headers, body, failed);
+            }
         }
     }
 
@@ -448,14 +451,15 @@ impl Worker {
         }
     }
 
-    fn respond(&mut self, key: usize, status: u16, headers: &[(&str, &str)], body: Body) {
+    /// Answer with plain HTTP and end the connection; `failed`: a WebSocket handshake refused.
+    fn respond(&mut self, key: usize, status: u16, headers: &[(&str, &str)], body: Body, failed: bool) {
         let (ctype, text) = match body {
             Body::Text(t) => ("text/plain; charset=utf-8", std::borrow::Cow::Borrowed(t)),
             Body::Owned(s) => ("text/plain; charset=utf-8", std::borrow::Cow::Owned(s)),
             Body::Metrics => ("text/plain; version=0.0.4; charset=utf-8", super::metrics_text(&self.shared).into()),
         };
         handshake::write_response(&mut self.wbuf, status, headers, ctype, text.as_bytes());
-        if status >= 400 {
+        if failed {
             self.m().handshake_failures_total.inc();
         } else {
             self.m().http_requests_total.inc();
