@@ -22,7 +22,7 @@ use c100k::proto::frame::{self, codes, Data, OpCode, Role};
 use c100k::proto::handshake::{self, ParsedResponse};
 use c100k::proto::session::{Ending, Event, Session, SessionConfig};
 use c100k::server::metrics::Cell;
-use c100k::server::outq::OutQueue;
+use c100k::server::outq::{send_or_queue, OutQueue};
 use c100k::timer::{Entry, Wheel};
 
 use crate::clock::now_ns;
@@ -581,13 +581,7 @@ impl Engine {
             self.wbuf.clear();
             return;
         };
-        let res = match c.out.as_mut() {
-            Some(q) => {
-                q.push(bytes::Bytes::copy_from_slice(&self.wbuf));
-                Ok(())
-            }
-            None => write_or_queue(&mut c.stream, &mut c.out, &self.wbuf),
-        };
+        let res = send_or_queue(&mut c.stream, &mut c.out, &self.wbuf);
         self.wbuf.clear();
         if res.is_err() {
             self.ended(key, "reset");
@@ -792,23 +786,4 @@ impl Engine {
             self.fail(key, Failure::Timeout);
         }
     }
-}
-
-/// Write `data` now; queue what the socket does not take.
-fn write_or_queue(stream: &mut TcpStream, out: &mut Option<Box<OutQueue>>, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut n = 0;
-    while n < data.len() {
-        match stream.write(&data[n..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if n < data.len() {
-        out.get_or_insert_with(Box::default).push_rest(bytes::Bytes::copy_from_slice(&data[n..]), n > 0);
-    }
-    Ok(())
 }

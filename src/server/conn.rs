@@ -2,7 +2,7 @@
 //! small (see `SIZE_BUDGET`): the socket, a generation, the timer arm id, the room seat, the
 //! protocol session, and a pointer to an outbound queue that exists only while writes block.
 
-use std::io::{self, Write};
+use std::io;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
@@ -108,19 +108,12 @@ impl Conn {
     /// Send bytes from a scratch buffer; the part the socket does not take is copied once into
     /// the queue.
     pub fn send_slice(&mut self, b: &[u8]) -> Sent {
-        if b.is_empty() {
-            return Sent::Ok { written: 0, queued: 0 };
-        }
-        if let Some(q) = self.out.as_mut() {
-            q.push(Bytes::copy_from_slice(b));
-            return Sent::Ok { written: 0, queued: b.len() };
-        }
-        match write_once(&mut self.stream, b) {
-            Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
-            Ok(n) => {
-                self.queue().push_rest(Bytes::copy_from_slice(&b[n..]), n > 0);
-                self.flags |= flags::BLOCKED;
-                Sent::Ok { written: n, queued: b.len() - n }
+        match super::outq::send_or_queue(&mut self.stream, &mut self.out, b) {
+            Ok(h) => {
+                if h.blocked {
+                    self.flags |= flags::BLOCKED;
+                }
+                Sent::Ok { written: h.written, queued: h.queued }
             }
             Err(_) => Sent::Broken,
         }
@@ -143,17 +136,5 @@ impl Conn {
 
     fn queue(&mut self) -> &mut OutQueue {
         self.out.get_or_insert_with(Box::default)
-    }
-}
-
-/// One `write`, retried on EINTR; WouldBlock counts as 0 bytes written.
-fn write_once(s: &mut TcpStream, b: &[u8]) -> io::Result<usize> {
-    loop {
-        match s.write(b) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
     }
 }

@@ -101,6 +101,44 @@ impl OutQueue {
     }
 }
 
+/// What [`send_or_queue`] did with the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handed {
+    /// Written to the socket now.
+    pub written: usize,
+    /// Put in the queue.
+    pub queued: usize,
+    /// The socket refused bytes: the queue now waits for a writable edge.
+    pub blocked: bool,
+}
+
+/// Send `data` on `w`: straight to the socket when nothing is queued, else behind what is (order
+/// is kept). What the socket does not take is copied once into the queue, created on demand;
+/// the tail of a partly written buffer is marked started so it is never dropped.
+pub fn send_or_queue(w: &mut impl Write, out: &mut Option<Box<OutQueue>>, data: &[u8]) -> io::Result<Handed> {
+    if data.is_empty() {
+        return Ok(Handed { written: 0, queued: 0, blocked: false });
+    }
+    if let Some(q) = out.as_mut() {
+        q.push(Bytes::copy_from_slice(data));
+        return Ok(Handed { written: 0, queued: data.len(), blocked: false });
+    }
+    let mut n = 0;
+    while n < data.len() {
+        match w.write(&data[n..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if n < data.len() {
+        out.get_or_insert_with(Box::default).push_rest(Bytes::copy_from_slice(&data[n..]), n > 0);
+    }
+    Ok(Handed { written: n, queued: data.len() - n, blocked: n < data.len() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +163,22 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn send_or_queue_writes_then_queues_and_keeps_order() {
+        let mut out = None;
+        let mut w = Trickle { cap: 4, budget: 6, got: vec![] };
+        let h = send_or_queue(&mut w, &mut out, b"abcdefgh").unwrap();
+        assert_eq!(h, Handed { written: 6, queued: 2, blocked: true });
+        // Behind a queue nothing is written directly, so order is kept.
+        w.budget = 100;
+        let h = send_or_queue(&mut w, &mut out, b"ij").unwrap();
+        assert_eq!(h, Handed { written: 0, queued: 2, blocked: false });
+        let q = out.as_mut().unwrap();
+        assert_eq!(q.drop_unstarted(), 2, "the tail of a started buffer stays");
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.got, b"abcdefgh");
     }
 
     #[test]
