@@ -5,8 +5,7 @@
 //! rooms, metrics). bench-client reuses the first three.
 
 pub mod cli;
-pub mod limits;
-pub mod mailbox;
+pub mod net;
 pub mod proto;
 pub mod server;
 pub mod supervisor;

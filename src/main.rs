@@ -8,7 +8,7 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
 use c100k::cli::Args;
-use c100k::limits;
+use c100k::net::limits;
 use c100k::server::Server;
 use c100k::supervisor;
 

@@ -86,9 +86,9 @@ fn echo_peer_that_does_not_read_is_throttled_not_buffered() {
     raw.stream.set_nonblocking(true).unwrap();
     let payload = vec![1u8; 64 * 1024];
     let mut frame = Vec::new();
-    c100k::proto::frame::write_masked_frame(
+    c100k::proto::ws::frame::write_masked_frame(
         &mut frame,
-        c100k::proto::frame::OpCode::Data(c100k::proto::frame::Data::Binary),
+        c100k::proto::ws::frame::OpCode::Data(c100k::proto::ws::frame::Data::Binary),
         &payload,
         [1, 2, 3, 4],
     );

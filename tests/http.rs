@@ -120,8 +120,8 @@ fn head_split_over_many_packets_and_frames_right_behind_it() {
             let n = s.read(&mut chunk).unwrap();
             assert!(n > 0);
             buf.extend_from_slice(&chunk[..n]);
-            if let c100k::proto::handshake::ParsedResponse::Complete { status, accept_ok, .. } =
-                c100k::proto::handshake::parse_response(&buf, &key)
+            if let c100k::proto::ws::handshake::ParsedResponse::Complete { status, accept_ok, .. } =
+                c100k::proto::ws::handshake::parse_response(&buf, &key)
             {
                 assert_eq!((status, accept_ok), (101, true));
                 break;
@@ -130,9 +130,9 @@ fn head_split_over_many_packets_and_frames_right_behind_it() {
         s
     };
     let mut out = Vec::new();
-    c100k::proto::frame::write_masked_frame(
+    c100k::proto::ws::frame::write_masked_frame(
         &mut out,
-        c100k::proto::frame::OpCode::Data(c100k::proto::frame::Data::Text),
+        c100k::proto::ws::frame::OpCode::Data(c100k::proto::ws::frame::Data::Text),
         b"split",
         [1, 2, 3, 4],
     );
@@ -144,9 +144,9 @@ fn head_split_over_many_packets_and_frames_right_behind_it() {
 
     // Request and first frame in one write: the frame must not be lost.
     let (mut req, key) = upgrade_request(srv.local_addr(), "/echo");
-    c100k::proto::frame::write_masked_frame(
+    c100k::proto::ws::frame::write_masked_frame(
         &mut req,
-        c100k::proto::frame::OpCode::Data(c100k::proto::frame::Data::Binary),
+        c100k::proto::ws::frame::OpCode::Data(c100k::proto::ws::frame::Data::Binary),
         b"eager",
         [5, 6, 7, 8],
     );
@@ -162,5 +162,5 @@ fn head_split_over_many_packets_and_frames_right_behind_it() {
     });
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-    assert!(text.contains(&c100k::proto::handshake::derive_accept_key(key.as_bytes())));
+    assert!(text.contains(&c100k::proto::ws::handshake::derive_accept_key(key.as_bytes())));
 }

@@ -10,7 +10,7 @@ use common::*;
 #[test]
 fn five_thousand_idle_connections() {
     const N: usize = 5_000;
-    let limit = c100k::limits::raise_nofile(2 * N as u64 + 200).unwrap();
+    let limit = c100k::net::limits::raise_nofile(2 * N as u64 + 200).unwrap();
     assert!(limit.soft >= 2 * N as u64 + 100, "needs {} descriptors, have {}", 2 * N + 100, limit.soft);
     let srv = server(|c| c.ping_interval = Duration::from_secs(60));
     let mut conns: Vec<RawWs> =

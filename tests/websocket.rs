@@ -5,7 +5,7 @@ mod common;
 
 use std::net::TcpStream;
 
-use c100k::proto::frame::{write_header, Control, Data, OpCode};
+use c100k::proto::ws::frame::{write_header, Control, Data, OpCode};
 use common::*;
 use tungstenite::{Message, WebSocket};
 
@@ -70,7 +70,7 @@ fn echo_up_to_the_max_size_and_1009_beyond() {
 /// Append a masked frame with an explicit first byte (FIN/RSV/opcode).
 fn frag(out: &mut Vec<u8>, first: u8, payload: &[u8]) {
     let start = out.len();
-    c100k::proto::frame::write_masked_frame(out, OpCode::from(first & 0x0f), payload, [0x11, 0x22, 0x33, 0x44]);
+    c100k::proto::ws::frame::write_masked_frame(out, OpCode::from(first & 0x0f), payload, [0x11, 0x22, 0x33, 0x44]);
     out[start] = first;
 }
 

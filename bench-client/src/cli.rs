@@ -202,7 +202,7 @@ impl Cli {
 
 /// Enough worker processes that each stays within this machine's open-file limit.
 fn auto_procs(conns: u32) -> usize {
-    let limit = c100k::limits::raise_nofile(0).map_or(1024, |l| l.soft);
+    let limit = c100k::net::limits::raise_nofile(0).map_or(1024, |l| l.soft);
     let per_proc = limit.saturating_sub(256).max(64);
     (u64::from(conns).div_ceil(per_proc) as usize).max(1)
 }

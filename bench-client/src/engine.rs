@@ -17,12 +17,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use c100k::mailbox::Mailbox;
-use c100k::proto::frame::{self, codes, Data, OpCode, Role};
-use c100k::proto::handshake::{self, ParsedResponse};
-use c100k::proto::session::{Ending, Event, Session, SessionConfig};
-use c100k::server::metrics::Cell;
-use c100k::server::outq::{send_or_queue, OutQueue};
+use c100k::net::cell::Cell;
+use c100k::net::mailbox::Mailbox;
+use c100k::net::outq::{send_or_queue, OutQueue};
+use c100k::proto::ws::frame::{self, codes, Data, OpCode, Role};
+use c100k::proto::ws::handshake::{self, ParsedResponse};
+use c100k::proto::ws::session::{Ending, Event, Session, SessionConfig};
 use c100k::timer::{Entry, Wheel};
 
 use crate::clock::now_ns;
@@ -603,7 +603,7 @@ impl Engine {
         self.pbuf.clear();
         payload::echo(&mut self.pbuf, stamp, size);
         let opcode = OpCode::Data(if binary { Data::Binary } else { Data::Text });
-        frame::write_masked_frame(&mut self.wbuf, opcode, &self.pbuf, c100k::proto::mask::random_key());
+        frame::write_masked_frame(&mut self.wbuf, opcode, &self.pbuf, c100k::proto::ws::mask::random_key());
         self.out.sent += 1;
         self.live.sent.inc();
         self.send_wbuf(key);
@@ -713,7 +713,7 @@ impl Engine {
                         &mut self.wbuf,
                         OpCode::Data(Data::Text),
                         &self.pbuf,
-                        c100k::proto::mask::random_key(),
+                        c100k::proto::ws::mask::random_key(),
                     );
                     if let Some(r) = self.job.room_of(idx) {
                         *self.out.sent_by_room.entry(r).or_default() += 1;

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c100k::mailbox::Mailbox;
+use c100k::net::mailbox::Mailbox;
 
 use crate::engine::{Cmd, Engine, Live, WAKER};
 use crate::job::{Command, Job, Progress, Report};
@@ -44,7 +44,7 @@ pub fn main() -> Result<(), String> {
 }
 
 fn run(job: Job, commands: mpsc::Receiver<Option<Command>>) -> Result<Outcome, String> {
-    let limit = c100k::limits::raise_nofile(u64::from(job.count) + 256).map_err(|e| e.to_string())?;
+    let limit = c100k::net::limits::raise_nofile(u64::from(job.count) + 256).map_err(|e| e.to_string())?;
     if !limit.is_enough() {
         log::warn!("worker: {}", limit.describe("connections"));
     }

@@ -7,9 +7,9 @@ use std::io;
 use bytes::Bytes;
 use mio::net::TcpStream;
 
-use super::outq::OutQueue;
 use super::rooms::Seat;
-use crate::proto::session::Session;
+use crate::net::outq::OutQueue;
+use crate::proto::ws::session::Session;
 
 /// Bytes of the slab entry we allow (`tests/` measures it): 4 (socket) + 4 (generation) +
 /// 4 (timer id) + 8 (room seat) + 2 (route, flags) + 24 (session) + 8 (queue pointer), rounded
@@ -108,7 +108,7 @@ impl Conn {
     /// Send bytes from a scratch buffer; the part the socket does not take is copied once into
     /// the queue.
     pub fn send_slice(&mut self, b: &[u8]) -> Sent {
-        match super::outq::send_or_queue(&mut self.stream, &mut self.out, b) {
+        match crate::net::outq::send_or_queue(&mut self.stream, &mut self.out, b) {
             Ok(h) => {
                 if h.blocked {
                     self.flags |= flags::BLOCKED;

@@ -5,7 +5,6 @@ pub mod conn;
 pub mod listener;
 pub mod metrics;
 pub mod metrics_store;
-pub mod outq;
 pub mod rooms;
 pub mod routes;
 mod worker;

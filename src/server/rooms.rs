@@ -104,7 +104,7 @@ pub enum Command {
 }
 
 /// A loop's inbox.
-pub type Mailbox = crate::mailbox::Mailbox<Command>;
+pub type Mailbox = crate::net::mailbox::Mailbox<Command>;
 
 /// The seam for delivering relayed frames beyond the sending loop.
 pub trait Fanout: Send + Sync + std::fmt::Debug {

@@ -5,7 +5,7 @@
 //! - `/` and `/ws` with `?room=NAME`: WebSocket chat room.
 //! - `/healthz`, `/metrics`: plain HTTP.
 
-use crate::proto::handshake::{check_upgrade, Request, UpgradeError};
+use crate::proto::ws::handshake::{check_upgrade, Request, UpgradeError};
 
 /// Longest room name accepted (after percent-decoding), in bytes.
 pub const MAX_ROOM_NAME: usize = 256;
@@ -131,7 +131,7 @@ fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::handshake::{parse_request, ParsedRequest};
+    use crate::proto::ws::handshake::{parse_request, ParsedRequest};
 
     fn decide(head: &str) -> Decision {
         match parse_request(head.as_bytes(), 16 * 1024) {

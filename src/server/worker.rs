@@ -24,9 +24,9 @@ use super::metrics::LoopMetrics;
 use super::rooms::{Command, Fanout, LocalRooms, Mailbox};
 use super::routes::{self, Body, Decision};
 use super::{Shared, LISTENER, WAKER};
-use crate::proto::frame::{self, codes, Data, OpCode, Role};
-use crate::proto::handshake::{self, ParsedRequest};
-use crate::proto::session::{Ending, Event, Expiry, Phase, Session, SessionConfig, TimerAction};
+use crate::proto::ws::frame::{self, codes, Data, OpCode, Role};
+use crate::proto::ws::handshake::{self, ParsedRequest};
+use crate::proto::ws::session::{Ending, Event, Expiry, Phase, Session, SessionConfig, TimerAction};
 use crate::timer::{Entry, Wheel};
 
 /// Per-thread read buffer.

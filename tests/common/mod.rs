@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use c100k::proto::decoder::{DecodeConfig, Decoder, Frame};
-use c100k::proto::frame::{self, Control, Data, OpCode, Role};
-use c100k::proto::handshake::{self, ParsedResponse};
+use c100k::proto::ws::decoder::{DecodeConfig, Decoder, Frame};
+use c100k::proto::ws::frame::{self, Control, Data, OpCode, Role};
+use c100k::proto::ws::handshake::{self, ParsedResponse};
 use c100k::server::{Config, Server};
 
 /// Every blocking read in the tests gives up after this long, so a bug fails instead of hanging.
@@ -82,7 +82,7 @@ pub fn upgrade_request(addr: SocketAddr, target: &str) -> (Vec<u8>, String) {
 fn rand_bytes() -> [u8; 16] {
     let mut k = [0u8; 16];
     for c in k.chunks_mut(4) {
-        c.copy_from_slice(&c100k::proto::mask::random_key());
+        c.copy_from_slice(&c100k::proto::ws::mask::random_key());
     }
     k
 }
@@ -118,7 +118,7 @@ impl RawWs {
 
     pub fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         let mut out = Vec::new();
-        frame::write_masked_frame(&mut out, opcode, payload, c100k::proto::mask::random_key());
+        frame::write_masked_frame(&mut out, opcode, payload, c100k::proto::ws::mask::random_key());
         self.stream.write_all(&out).unwrap();
     }
 
@@ -202,7 +202,7 @@ impl RawWs {
     /// Round-trip a ping: proves everything the server wrote before it has been read, and
     /// returns those messages.
     pub fn sync(&mut self) -> Vec<Msg> {
-        let token = c100k::proto::mask::random_key();
+        let token = c100k::proto::ws::mask::random_key();
         self.ping(&token);
         let mut before = Vec::new();
         loop {

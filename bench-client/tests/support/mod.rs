@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use c100k::proto::decoder::{DecodeConfig, Decoder, Frame};
-use c100k::proto::frame::{self, Control, Data, OpCode, Role};
-use c100k::proto::handshake::{self, ParsedRequest};
+use c100k::proto::ws::decoder::{DecodeConfig, Decoder, Frame};
+use c100k::proto::ws::frame::{self, Control, Data, OpCode, Role};
+use c100k::proto::ws::handshake::{self, ParsedRequest};
 use serde_json::Value;
 
 /// Run bench-client with `args` (plus --out and --quiet); return summary.json and the directory.

@@ -408,7 +408,7 @@ fn invalid_utf8() -> ProtoError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::{write_header, Control, Data};
+    use crate::proto::ws::frame::{write_header, Control, Data};
 
     const SERVER: DecodeConfig = DecodeConfig { role: Role::Server, max_message: 1 << 16 };
 
@@ -583,7 +583,7 @@ mod tests {
         let client = DecodeConfig { role: Role::Client, max_message: 1024 };
         assert_eq!(first_error(&cf(0x81, b"x"), &client), Some(1002));
         let mut plain = Vec::new();
-        crate::proto::frame::write_frame(&mut plain, OpCode::Control(Control::Pong), b"p");
+        crate::proto::ws::frame::write_frame(&mut plain, OpCode::Control(Control::Pong), b"p");
         let (evs, _) = run(&plain, &client, &[1]);
         assert_eq!(evs, vec![Ev::Pong(b"p".to_vec())]);
     }

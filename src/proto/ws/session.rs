@@ -300,8 +300,8 @@ fn write_control(out: &mut Vec<u8>, role: Role, c: Control, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::decoder::{DecodeConfig, Decoder, Frame};
-    use crate::proto::frame::{write_masked_frame, Data};
+    use crate::proto::ws::decoder::{DecodeConfig, Decoder, Frame};
+    use crate::proto::ws::frame::{write_masked_frame, Data};
 
     const CFG: SessionConfig = SessionConfig {
         role: Role::Server,

@@ -198,7 +198,7 @@ mod tests {
         assert!(h.fin);
         assert_eq!(h.rsv, 0);
         let mut body = buf[8..].to_vec();
-        crate::proto::mask::apply_mask(&mut body, [1, 2, 3, 4], 0);
+        crate::proto::ws::mask::apply_mask(&mut body, [1, 2, 3, 4], 0);
         assert_eq!(body, vec![9; 300]);
     }
 

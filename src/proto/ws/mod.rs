@@ -1,0 +1,8 @@
+//! RFC 6455 without IO: the opening handshake, frames, the decoder and the per-connection session.
+
+pub mod decoder;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod session;
+pub mod utf8;
