@@ -72,6 +72,47 @@ pub struct Args {
     /// members sharing an address share a process).
     #[arg(long, env = "C100K_REUSEPORT_STEER", value_enum, default_value_t = Steer::Hash)]
     pub reuseport_steer: Steer,
+
+    /// HS256 secret for JWTs: every WebSocket route then needs a valid token (?token= or
+    /// Authorization: Bearer). Without it (or --jwt-secret-file) the server is open.
+    #[arg(long, env = "C100K_JWT_SECRET", conflicts_with = "jwt_secret_file", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Read the HS256 secret from this file (trailing newline removed).
+    #[arg(long, env = "C100K_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// Browser origins allowed to open WebSockets, comma-separated (e.g.
+    /// https://app.example.com); others get 403. Clients that send no Origin are allowed.
+    #[arg(long, env = "C100K_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Enables the server API (/api/publish, /api/rooms/R/presence, /api/rooms/R/history) for
+    /// requests with Authorization: Bearer KEY.
+    #[arg(long, env = "C100K_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "C100K_MAX_ROOMS_PER_CONN", default_value_t = 64)]
+    pub max_rooms_per_conn: usize,
+
+    /// Messages a second one connection may publish (with a burst of as many); past it the
+    /// message is refused (rate_limited), and a client that keeps going is closed with 1008.
+    /// 0 disables the limit.
+    #[arg(long, env = "C100K_MAX_PUBLISH_RATE", default_value_t = crate::server::DEFAULT_PUBLISH_RATE)]
+    pub max_publish_rate: u32,
+
+    /// Messages of history kept per room (for resume and the history op); 0 keeps none.
+    #[arg(long, env = "C100K_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// Seconds a room's history is kept after its last publish.
+    #[arg(long, env = "C100K_HISTORY_TTL", default_value = "300", value_parser = parse_secs)]
+    pub history_ttl: Duration,
+
+    /// Seconds a user whose last connection in a room dropped (not a clean leave) stays present.
+    #[arg(long, env = "C100K_PRESENCE_GRACE", default_value = "10", value_parser = parse_secs)]
+    pub presence_grace: Duration,
 }
 
 /// See [`Args::reuseport_steer`].
@@ -91,6 +132,22 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// The JWT secret from --jwt-secret or --jwt-secret-file.
+    pub fn jwt_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        if let Some(s) = &self.jwt_secret {
+            return Ok(Some(s.clone().into_bytes()));
+        }
+        match &self.jwt_secret_file {
+            Some(p) => {
+                let text = std::fs::read(p).map_err(|e| format!("--jwt-secret-file {}: {e}", p.display()))?;
+                let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+                let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+                Ok(Some(trimmed.to_vec()))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The server configuration these flags describe; `fd_capacity` is how many connections the
     /// open-file limit allows (used when --max-connections is not given).
     pub fn to_config(&self, fd_capacity: usize) -> Config {
@@ -111,6 +168,14 @@ impl Args {
             tick: d.tick,
             steer_by_source_ip: (self.reuseport_steer == Steer::SourceIp)
                 .then_some(usize::from(self.processes) * threads),
+            jwt_secret: None,
+            allowed_origins: self.allowed_origins.clone(),
+            api_key: self.api_key.clone(),
+            max_rooms_per_conn: self.max_rooms_per_conn.max(1),
+            max_publish_rate: self.max_publish_rate,
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            presence_grace: self.presence_grace,
         };
         cfg.tick = cfg.auto_tick();
         cfg

@@ -4,9 +4,12 @@
 //! hashed timer wheel), [`limits`] (file-descriptor limits), and [`server`] (per-core mio loops,
 //! rooms, metrics). bench-client reuses the first three.
 
+pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod net;
 pub mod proto;
+pub mod rooms;
 pub mod server;
 pub mod supervisor;
 pub mod timer;

@@ -67,7 +67,15 @@ fn main() -> ExitCode {
         }
     };
     let mut cfg = args.to_config(fd_capacity);
+    match args.jwt_secret() {
+        Ok(secret) => cfg.jwt_secret = secret,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let (threads, ping, max) = (cfg.threads, cfg.ping_interval, cfg.max_connections);
+    let first_worker = role.as_ref().is_none_or(|r| r.index == 0);
     let started = match role {
         Some(r) => {
             cfg.listen = r.listen;
@@ -84,11 +92,15 @@ fn main() -> ExitCode {
     };
     log::info!(
         "c100k {} {} with {threads} event loops (ping every {:?}, up to {max} connections); \
-         routes: /echo, /ws?room=NAME, /healthz, /metrics",
+         routes: /echo, /ws?room=NAME, /ws (c100k.v1), /healthz, /metrics{}",
         if args.processes > 1 { "worker serving" } else { "listening on" },
         server.local_addr(),
-        ping
+        ping,
+        if args.api_key.is_some() { ", /api/..." } else { "" }
     );
+    if first_worker {
+        log_exposure(&args, server.local_addr());
+    }
 
     match signals.wait() {
         Ok(sig) => log::info!("{sig:?} received: closing connections with 1001 and draining"),
@@ -105,6 +117,20 @@ fn main() -> ExitCode {
     server.wait();
     log::info!("drained; bye");
     ExitCode::SUCCESS
+}
+
+/// Say once what the server lets anyone do, and how to restrict it.
+fn log_exposure(args: &Args, addr: std::net::SocketAddr) {
+    let open = args.jwt_secret.is_none() && args.jwt_secret_file.is_none();
+    if open {
+        let reach = if addr.ip().is_loopback() { "this host" } else { "anyone who can reach this address" };
+        log::warn!(
+            "no --jwt-secret: the server is open, {reach} may connect, join any room and publish; \
+             restrict it with --listen 127.0.0.1:PORT, --jwt-secret, --allowed-origins"
+        );
+    } else if args.allowed_origins.is_none() {
+        log::info!("tokens required; any browser origin allowed (restrict with --allowed-origins)");
+    }
 }
 
 /// Log to stderr at `info` (RUST_LOG overrides); workers tag their lines with their index.

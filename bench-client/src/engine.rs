@@ -386,7 +386,7 @@ impl Engine {
         let path = self.job.target.path_for(self.job.room_of(idx));
         let key_str = self.key_for(idx);
         self.wbuf.clear();
-        handshake::write_client_request(&mut self.wbuf, &self.job.target.host, &path, &key_str);
+        handshake::write_client_request(&mut self.wbuf, &self.job.target.host, &path, &key_str, None);
         self.send_wbuf(key);
     }
 
@@ -436,7 +436,7 @@ impl Engine {
             match handshake::parse_response(&head, &expected_key) {
                 ParsedResponse::Partial => *self.conns[key].sess.stash() = head,
                 ParsedResponse::Malformed => self.fail(key, Failure::BadResponse),
-                ParsedResponse::Complete { status: 101, accept_ok: true, len } => {
+                ParsedResponse::Complete { status: 101, accept_ok: true, len, .. } => {
                     self.established(key);
                     let mut rest = head.split_off(len);
                     if !rest.is_empty() {

@@ -25,6 +25,12 @@ impl Cell {
     pub fn set(&self, v: u64) {
         self.0.store(v, Relaxed);
     }
+    /// Add from any thread (an atomic read-modify-write): for the few values several threads
+    /// update. Never mix with [`Cell::add`] on the same cell.
+    #[inline]
+    pub fn add_shared(&self, n: i64) {
+        self.0.fetch_add(n as u64, Relaxed);
+    }
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)

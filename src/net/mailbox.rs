@@ -18,12 +18,23 @@ impl<T> Mailbox<T> {
     }
 
     pub fn send(&self, msg: T) {
+        self.push(msg, true);
+    }
+
+    /// Queue `msg`; `wake: false` when the caller is the loop itself (it drains its mailbox
+    /// before it sleeps), which saves the eventfd write.
+    pub fn push(&self, msg: T, wake: bool) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if wake && !self.pending.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
                 log::error!("waking an event loop failed: {e}");
             }
         }
+    }
+
+    /// Whether anything is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     /// Move every queued message into `into`. Clears the pending flag first, so a message sent

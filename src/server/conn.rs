@@ -1,32 +1,43 @@
 //! The per-connection slab entry. It is the whole per-connection cost while idle, so it is kept
-//! small (see `SIZE_BUDGET`): the socket, a generation, the timer arm id, the room seat, the
-//! protocol session, and a pointer to an outbound queue that exists only while writes block.
+//! small (see `SIZE_BUDGET`): the socket, a generation, the timer arm id, the transport and its
+//! flags, the protocol session, a pointer to an outbound queue that exists only while writes
+//! block, and a pointer to room state ([`Peer`]) that exists only for room members.
 
 use std::io;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 
-use super::rooms::Seat;
+use crate::auth::Identity;
 use crate::net::outq::OutQueue;
 use crate::proto::ws::session::Session;
 
 /// Bytes of the slab entry we allow (`tests/` measures it): 4 (socket) + 4 (generation) +
-/// 4 (timer id) + 8 (room seat) + 2 (route, flags) + 24 (session) + 8 (queue pointer), rounded
-/// up to 64 so the slab entry fits one cache line.
+/// 4 (timer id) + 2 (route, flags) + 24 (session) + 8 (queue pointer) + 8 (peer pointer),
+/// rounded up to 64 so the slab entry fits one cache line.
 pub const SIZE_BUDGET: usize = 64;
 
-/// Marks "no room" in a seat.
-pub const NO_ROOM: u32 = u32::MAX;
-
-/// What the connection is for, once upgraded.
+/// What the connection is, once its request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Route {
-    /// Not a WebSocket (yet): handshaking, or a plain HTTP request.
-    None,
+    /// Reading the first HTTP request (or a WebSocket that has ended).
+    Http,
+    /// Reading the next request of a keep-alive connection: idling here is no failure.
+    KeepAlive,
+    /// WebSocket echo.
     Echo,
-    Room,
+    /// A seed-mode room member (`/ws?room=NAME` without a subprotocol).
+    Raw,
+    /// A `c100k.v1` client.
+    V1,
+}
+
+impl Route {
+    /// A WebSocket route (the open-WebSocket gauge counts these).
+    pub fn is_ws(self) -> bool {
+        !matches!(self, Route::Http | Route::KeepAlive)
+    }
 }
 
 /// Flag bits in [`Conn::flags`].
@@ -37,15 +48,90 @@ pub mod flags {
     pub const WR_SHUT: u8 = 2;
     /// The peer closed its writing side.
     pub const PEER_EOF: u8 = 4;
-    /// The closing handshake is complete: close the socket as soon as our last bytes are out
-    /// (RFC 6455 §7.1.1: the server closes TCP first). Without it, a finished connection is
-    /// half-closed and kept until the peer's EOF, so a peer still sending cannot RST away our
-    /// last bytes (failures, HTTP rejections).
+    /// Close the socket as soon as our last bytes are out (RFC 6455 §7.1.1: the server closes
+    /// TCP first after a closing handshake). Without it, a finished connection is half-closed
+    /// and kept until the peer's EOF, so a peer still sending cannot RST away our last bytes.
     pub const CLOSE_WHEN_FLUSHED: u8 = 8;
     /// Frames were corked for this connection in this loop iteration; it is on the flush list.
     pub const DIRTY: u8 = 16;
     /// The socket refused bytes: the queue is flushed on the next writable edge.
     pub const BLOCKED: u8 = 32;
+    /// An HTTP request waits for the broker's answer; later requests wait behind it.
+    pub const AWAITING: u8 = 64;
+    /// The awaited HTTP answer keeps the connection open.
+    pub const KEEP_ALIVE: u8 = 128;
+}
+
+/// Marks a seat whose join the broker has not answered yet.
+pub const PENDING: u32 = u32::MAX;
+
+/// A room a connection is in (or joining): the room's local index and the member's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    pub room: u32,
+    pub pos: u32,
+    pub presence: bool,
+}
+
+/// A token bucket for `--max-publish-rate`: `rate` messages a second with a burst of `rate`,
+/// and a count of refusals that drains at the same pace (too many: the client is flooding).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bucket {
+    tokens: f32,
+    strikes: f32,
+    /// Milliseconds on the loop's clock at the last refill.
+    at_ms: u32,
+}
+
+/// Outcome of [`Bucket::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    Ok,
+    /// Over the rate: refuse this message.
+    Refused,
+    /// Refused again and again (a second burst's worth): close the connection.
+    Flooding,
+}
+
+impl Bucket {
+    pub fn full(rate: u32, now_ms: u32) -> Bucket {
+        Bucket { tokens: rate as f32, strikes: 0.0, at_ms: now_ms }
+    }
+
+    pub fn take(&mut self, rate: u32, now_ms: u32) -> Take {
+        if rate == 0 {
+            return Take::Ok;
+        }
+        let cap = rate as f32;
+        let refill = now_ms.wrapping_sub(self.at_ms) as f32 * cap / 1000.0;
+        self.at_ms = now_ms;
+        self.tokens = (self.tokens + refill).min(cap);
+        self.strikes = (self.strikes - refill).max(0.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Take::Ok;
+        }
+        self.strikes += 1.0;
+        if self.strikes >= cap {
+            Take::Flooding
+        } else {
+            Take::Refused
+        }
+    }
+}
+
+/// A room member's state, boxed so that connections outside rooms (echo) pay one pointer.
+#[derive(Debug)]
+pub struct Peer {
+    pub identity: Identity,
+    pub seats: Vec<Seat>,
+    pub bucket: Bucket,
+}
+
+impl Peer {
+    pub fn seat(&self, room: u32) -> Option<usize> {
+        self.seats.iter().position(|s| s.room == room)
+    }
 }
 
 #[derive(Debug)]
@@ -55,11 +141,11 @@ pub struct Conn {
     pub gen: u32,
     /// Id of the connection's live timer entry; older entries are stale.
     pub timer: u32,
-    pub seat: Seat,
     pub route: Route,
     pub flags: u8,
     pub sess: Session,
     pub out: Option<Box<OutQueue>>,
+    pub peer: Option<Box<Peer>>,
 }
 
 /// Result of handing bytes to a connection.
@@ -73,16 +159,7 @@ pub enum Sent {
 
 impl Conn {
     pub fn new(stream: TcpStream, gen: u32, sess: Session) -> Self {
-        Conn {
-            stream,
-            gen,
-            timer: 0,
-            seat: Seat { room: NO_ROOM, pos: 0 },
-            route: Route::None,
-            flags: 0,
-            sess,
-            out: None,
-        }
+        Conn { stream, gen, timer: 0, route: Route::Http, flags: 0, sess, out: None, peer: None }
     }
 
     pub fn has(&self, f: u8) -> bool {
@@ -95,11 +172,11 @@ impl Conn {
     }
 
     /// Queue a shared buffer (no copy) to go out at the end of the loop iteration, together with
-    /// everything else queued for this connection meanwhile: one `writev` for many relayed
-    /// frames. Returns true the first time in an iteration (the caller lists the connection for
-    /// the end-of-iteration flush).
+    /// everything else queued for this connection meanwhile: one `writev` for many frames.
+    /// Returns true the first time in an iteration (the caller lists the connection for the
+    /// end-of-iteration flush).
     pub fn cork(&mut self, b: &Bytes) -> bool {
-        self.queue().push(b.clone());
+        self.out.get_or_insert_with(Box::default).push(b.clone());
         let first = !self.has(flags::DIRTY);
         self.flags |= flags::DIRTY;
         first
@@ -119,7 +196,7 @@ impl Conn {
         }
     }
 
-    /// Flush the queue on a writable edge; frees it when drained. Returns (written, drained).
+    /// Flush the queue; frees it when drained. Returns (written, drained).
     pub fn flush(&mut self) -> io::Result<(usize, bool)> {
         let Some(q) = self.out.as_mut() else {
             return Ok((0, true));
@@ -133,8 +210,30 @@ impl Conn {
         self.flags |= flags::BLOCKED;
         Ok((n, false))
     }
+}
 
-    fn queue(&mut self) -> &mut OutQueue {
-        self.out.get_or_insert_with(Box::default)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate_then_calls_a_flood() {
+        let mut b = Bucket::full(10, 0);
+        for _ in 0..10 {
+            assert_eq!(b.take(10, 0), Take::Ok);
+        }
+        assert_eq!(b.take(10, 0), Take::Refused);
+        assert_eq!(b.take(10, 100), Take::Ok, "100 ms refill one token");
+        for _ in 0..9 {
+            assert_eq!(b.take(10, 100), Take::Refused);
+        }
+        assert_eq!(b.take(10, 100), Take::Flooding, "a second burst of refusals");
+        // Slowing down forgives: strikes drain at the rate.
+        let mut b = Bucket::full(10, 0);
+        for _ in 0..15 {
+            b.take(10, 0);
+        }
+        assert_eq!(b.take(10, 2000), Take::Ok);
+        assert_eq!(Bucket::default().take(0, 0), Take::Ok, "rate 0: no limit");
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod conn;
 pub mod listener;
+mod messages;
 pub mod metrics;
 pub mod metrics_store;
+pub mod relay;
 pub mod rooms;
 pub mod routes;
 mod worker;
@@ -20,7 +22,10 @@ use mio::{Interest, Poll, Token, Waker};
 
 use self::metrics::Snapshot;
 use self::metrics_store::MetricsStore;
-use self::rooms::{Command, Fanout, LocalFanout, Mailbox};
+use crate::auth::Auth;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, Event, Gauges, LoopId, Settings, Sink};
+use crate::rooms::history::Delta;
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("c100k packs a slab key and a generation into a 64-bit mio token");
@@ -54,7 +59,27 @@ pub struct Config {
     /// Steer each client address to one socket of the SO_REUSEPORT group of this many sockets
     /// (all processes × loops) instead of the kernel's 4-tuple hash. `None`: the kernel's hash.
     pub steer_by_source_ip: Option<usize>,
+    /// HS256 secret: tokens are required on WebSocket routes. `None`: an open server.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Browser origins allowed to open WebSockets; `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Enables the server API (`/api/...`) for `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Rooms one connection may be in.
+    pub max_rooms_per_conn: usize,
+    /// Messages a second one connection may publish (burst: the same number); 0 = no limit.
+    pub max_publish_rate: u32,
+    /// Messages of history kept per room.
+    pub history_size: usize,
+    /// History of a room is dropped this long after its last publish.
+    pub history_ttl: Duration,
+    /// A user whose last connection in a room ended uncleanly stays present this long.
+    pub presence_grace: Duration,
 }
+
+/// Default `--max-publish-rate`: messages a second per connection (chat, collaboration and game
+/// clients send a few to a few dozen; bursts up to this pass).
+pub const DEFAULT_PUBLISH_RATE: u32 = 200;
 
 impl Default for Config {
     fn default() -> Self {
@@ -72,6 +97,14 @@ impl Default for Config {
             backlog: listener::somaxconn().unwrap_or(4096).max(4096),
             tick: Duration::from_millis(100),
             steer_by_source_ip: None,
+            jwt_secret: None,
+            allowed_origins: None,
+            api_key: None,
+            max_rooms_per_conn: 64,
+            max_publish_rate: DEFAULT_PUBLISH_RATE,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            presence_grace: Duration::from_secs(10),
         }
     }
 }
@@ -95,14 +128,51 @@ impl Config {
 pub(crate) struct Shared {
     pub cfg: Config,
     /// One block per loop (each written only by its loop), possibly shared with sibling processes.
-    pub metrics: MetricsStore,
+    pub metrics: Arc<MetricsStore>,
     /// Connections open in this process (for --max-connections).
     pub open: AtomicUsize,
+    pub auth: Auth,
+    pub broker: Arc<dyn Broker>,
 }
 
 impl Shared {
     pub fn snapshot(&self) -> Snapshot {
         self.metrics.total()
+    }
+}
+
+/// What one loop can be asked to do by others.
+#[derive(Debug)]
+pub enum Command {
+    /// Something the broker has to say.
+    Broker(Event),
+    /// Stop accepting, close every connection with 1001, exit once drained or at the deadline.
+    Shutdown { drain: Duration },
+}
+
+/// A loop's inbox.
+pub type Mailbox = crate::net::mailbox::Mailbox<Command>;
+
+/// The broker reaches the loops through their mailboxes.
+struct Mailboxes(Vec<Arc<Mailbox>>);
+
+impl Sink for Mailboxes {
+    fn post(&self, lp: LoopId, ev: Event, wake: bool) {
+        if let Some(mb) = self.0.get(lp) {
+            mb.push(Command::Broker(ev), wake);
+        }
+    }
+}
+
+/// The broker's gauges live in the first loop's metric block of this process (written with
+/// atomic adds: several loops call the broker).
+struct BrokerGauges(Arc<MetricsStore>);
+
+impl Gauges for BrokerGauges {
+    fn history(&self, d: Delta) {
+        let m = self.0.mine(0);
+        m.history_messages.add_shared(d.messages);
+        m.history_bytes.add_shared(d.bytes);
     }
 }
 
@@ -129,6 +199,8 @@ impl Server {
     /// shares with its siblings).
     pub fn start_with(cfg: Config, metrics: MetricsStore) -> io::Result<Server> {
         let n = cfg.threads.max(1);
+        let auth = Auth::new(cfg.jwt_secret.as_deref(), cfg.allowed_origins.as_deref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let first = listener::bind_reuseport(cfg.listen, cfg.backlog)?;
         // With port 0 the first bind picks the port; the others join it.
         let local_addr = first.local_addr()?;
@@ -148,11 +220,22 @@ impl Server {
             polls.push(poll);
         }
         metrics.reset_own_gauges();
-        let shared = Arc::new(Shared { metrics, open: AtomicUsize::new(0), cfg });
-        let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout::new(mailboxes.clone()));
+        let metrics = Arc::new(metrics);
+        let settings = Settings {
+            loops: n,
+            history_size: cfg.history_size,
+            history_ttl: cfg.history_ttl,
+            presence_grace: cfg.presence_grace,
+        };
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
+            settings,
+            Arc::new(Mailboxes(mailboxes.clone())),
+            Arc::new(BrokerGauges(metrics.clone())),
+        ));
+        let shared = Arc::new(Shared { metrics, open: AtomicUsize::new(0), cfg, auth, broker });
         let mut threads = Vec::with_capacity(n);
         for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-            let w = worker::Worker::new(id, poll, listener, shared.clone(), fanout.clone(), mailboxes[id].clone());
+            let w = worker::Worker::new(id, poll, listener, shared.clone(), mailboxes[id].clone());
             threads.push(std::thread::Builder::new().name(format!("c100k-loop-{id}")).spawn(move || w.run())?);
         }
         Ok(Server { local_addr, shared, mailboxes, threads })
@@ -185,6 +268,7 @@ impl Server {
         for t in self.threads {
             let _ = t.join();
         }
+        self.shared.broker.stop();
     }
 }
 

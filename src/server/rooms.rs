@@ -1,282 +1,286 @@
-//! Chat rooms: who is in which room on this loop, and the seam through which a relayed frame
-//! reaches members elsewhere.
+//! One loop's side of the room service: joining and leaving through the broker, adding members
+//! when the broker's answer arrives (in order with the room's messages), replaying history,
+//! fanning messages and presence events out to local members, and publishing.
 //!
-//! A room's members may live on any loop. Each loop keeps its own member lists ([`LocalRooms`]);
-//! a process-wide [`Registry`] knows, per room, which loops hold members (a bitset, changed only
-//! when a loop's first member joins or last member leaves). A relayed message is framed once into
-//! `Bytes` and shared: the sending loop writes it to its own members, and [`Fanout::publish`]
-//! hands it to the other loops' [`Mailbox`]es. Cross-node fan-out (Redis pub/sub, a later issue)
-//! is another [`Fanout`] implementation; the event loop does not change.
+//! Owns the loop's member lists; connections are passed in, so nothing here calls back into the
+//! event loop.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use slab::Slab;
 
-/// A room as seen by the whole process.
+use super::conn::{Conn, Route, Seat, Take, PENDING};
+use super::metrics::LoopMetrics;
+use super::relay::Relay;
+use crate::broker::{Broker, Join, Joined, LoopId, Publish, Tag};
+use crate::proto::v1::{self, ErrorCode, Position};
+use crate::proto::ws::frame::{self, Data, OpCode};
+use crate::proto::ws::session::Phase;
+use crate::rooms::members::{LocalRooms, Member, RoomId};
+use crate::rooms::message::{ConnRef, Payload, PresenceEvent, RoomMessage, Wire};
+
+/// A refused request: the v1 error to answer with.
+pub type Refusal = (ErrorCode, String);
+
 #[derive(Debug)]
-pub struct RoomShared {
-    /// Never reused, so a late delivery can never reach a different room of the same name.
-    pub id: u64,
-    pub name: Box<str>,
-    /// Bit per loop: that loop has at least one member.
-    loops: Box<[AtomicU64]>,
+pub struct Rooms {
+    lp: LoopId,
+    broker: Arc<dyn Broker>,
+    local: LocalRooms,
+    max_rooms: usize,
+    publish_rate: u32,
 }
 
-impl RoomShared {
-    /// Loops holding members, except `skip`.
-    pub fn other_loops(&self, skip: usize) -> impl Iterator<Item = usize> + '_ {
-        self.loops.iter().enumerate().flat_map(move |(w, word)| {
-            let mut bits = word.load(Ordering::Acquire);
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                Some(w * 64 + b)
-            })
-            .filter(move |&l| l != skip)
-        })
-    }
-
-    fn set(&self, l: usize, on: bool) {
-        let bit = 1u64 << (l % 64);
-        if on {
-            self.loops[l / 64].fetch_or(bit, Ordering::AcqRel);
-        } else {
-            self.loops[l / 64].fetch_and(!bit, Ordering::AcqRel);
-        }
-    }
-
-    fn empty(&self) -> bool {
-        self.loops.iter().all(|w| w.load(Ordering::Acquire) == 0)
-    }
+/// What a publish attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    Sent,
+    Refused(Refusal),
+    /// Over the rate limit again and again: close the connection with 1008.
+    Flooding,
 }
 
-/// Process-wide room names → rooms. Touched only on a loop's first join / last leave of a room.
-#[derive(Debug)]
-pub struct Registry {
-    rooms: Mutex<HashMap<Box<str>, Arc<RoomShared>>>,
-    next_id: AtomicU64,
-    loops: usize,
+/// Encode a v1 reply as a text frame.
+pub fn v1_frame(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut json = Vec::with_capacity(128);
+    write(&mut json);
+    let mut f = Vec::with_capacity(json.len() + 10);
+    frame::write_frame(&mut f, OpCode::Data(Data::Text), &json);
+    Bytes::from(f)
 }
 
-impl Registry {
-    pub fn new(loops: usize) -> Self {
-        Registry { rooms: Mutex::default(), next_id: AtomicU64::new(1), loops }
+impl Rooms {
+    pub fn new(lp: LoopId, broker: Arc<dyn Broker>, max_rooms: usize, publish_rate: u32) -> Rooms {
+        Rooms { lp, broker, local: LocalRooms::default(), max_rooms, publish_rate }
     }
 
-    /// Loop `l` now has a member in `name`.
-    pub fn join(&self, l: usize, name: &str) -> Arc<RoomShared> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let room = rooms.entry(name.into()).or_insert_with(|| {
-            Arc::new(RoomShared {
-                id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                name: name.into(),
-                loops: (0..self.loops.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            })
-        });
-        room.set(l, true);
-        room.clone()
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
     }
 
-    /// Loop `l` no longer has members in `room`. Bits change under the lock, so a room is removed
-    /// from the map only when no loop can be joining it concurrently.
-    pub fn leave(&self, l: usize, room: &RoomShared) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        room.set(l, false);
-        if room.empty() {
-            rooms.remove(&room.name);
-        }
-    }
-}
-
-/// What one loop can be asked to do by others.
-#[derive(Debug)]
-pub enum Command {
-    /// Write `frame` to this loop's members of room `room`.
-    Deliver { room: u64, frame: Bytes },
-    /// Stop accepting, close every connection with 1001, exit once drained or at the deadline.
-    Shutdown { drain: std::time::Duration },
-}
-
-/// A loop's inbox.
-pub type Mailbox = crate::net::mailbox::Mailbox<Command>;
-
-/// The seam for delivering relayed frames beyond the sending loop.
-pub trait Fanout: Send + Sync + std::fmt::Debug {
-    /// Loop `l`'s first member joined `name`.
-    fn join(&self, l: usize, name: &str) -> Arc<RoomShared>;
-    /// Loop `l`'s last member left `room`.
-    fn leave(&self, l: usize, room: &RoomShared);
-    /// Deliver `frame` to `room`'s members outside loop `l` (which serves its own). Returns how
-    /// many loops it was handed to.
-    fn publish(&self, l: usize, room: &RoomShared, frame: &Bytes) -> usize;
-}
-
-/// Fan-out between the loops of this process.
-#[derive(Debug)]
-pub struct LocalFanout {
-    registry: Registry,
-    mailboxes: Vec<Arc<Mailbox>>,
-}
-
-impl LocalFanout {
-    pub fn new(mailboxes: Vec<Arc<Mailbox>>) -> Self {
-        LocalFanout { registry: Registry::new(mailboxes.len()), mailboxes }
-    }
-}
-
-impl Fanout for LocalFanout {
-    fn join(&self, l: usize, name: &str) -> Arc<RoomShared> {
-        self.registry.join(l, name)
+    pub fn publish_rate(&self) -> u32 {
+        self.publish_rate
     }
 
-    fn leave(&self, l: usize, room: &RoomShared) {
-        self.registry.leave(l, room)
-    }
-
-    fn publish(&self, l: usize, room: &RoomShared, frame: &Bytes) -> usize {
-        let mut n = 0;
-        for other in room.other_loops(l) {
-            if let Some(mb) = self.mailboxes.get(other) {
-                mb.send(Command::Deliver { room: room.id, frame: frame.clone() });
-                n += 1;
-            }
-        }
-        n
-    }
-}
-
-/// A room's members on one loop.
-#[derive(Debug)]
-pub struct LocalRoom {
-    pub shared: Arc<RoomShared>,
-    /// Connection slab keys. A connection stores its index here for O(1) removal.
-    pub members: Vec<u32>,
-}
-
-/// One loop's rooms.
-#[derive(Debug, Default)]
-pub struct LocalRooms {
-    rooms: Slab<LocalRoom>,
-    by_name: HashMap<Box<str>, u32>,
-    by_id: HashMap<u64, u32>,
-}
-
-/// Where a connection sits: its room's local index and its position in the member list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seat {
-    pub room: u32,
-    pub pos: u32,
-}
-
-impl LocalRooms {
-    /// Add member `key` to `name`, registering the room with `fanout` if it is new on this loop.
-    pub fn join(&mut self, fanout: &dyn Fanout, l: usize, name: &str, key: u32) -> Seat {
-        let idx = match self.by_name.get(name) {
-            Some(&i) => i,
-            None => {
-                let shared = fanout.join(l, name);
-                let id = shared.id;
-                let i = self.rooms.insert(LocalRoom { shared, members: Vec::new() }) as u32;
-                self.by_name.insert(name.into(), i);
-                self.by_id.insert(id, i);
-                i
-            }
-        };
-        let room = &mut self.rooms[idx as usize];
-        room.members.push(key);
-        Seat { room: idx, pos: (room.members.len() - 1) as u32 }
-    }
-
-    /// Remove the member at `seat`. Returns the key of the member moved into its place (whose
-    /// seat position is now `seat.pos`), if any. Unregisters the room when it empties.
-    pub fn leave(&mut self, fanout: &dyn Fanout, l: usize, seat: Seat) -> Option<u32> {
-        let room = self.rooms.get_mut(seat.room as usize)?;
-        let pos = seat.pos as usize;
-        if pos >= room.members.len() {
-            return None;
-        }
-        room.members.swap_remove(pos);
-        if room.members.is_empty() {
-            let room = self.rooms.remove(seat.room as usize);
-            self.by_name.remove(&room.shared.name);
-            self.by_id.remove(&room.shared.id);
-            fanout.leave(l, &room.shared);
-            return None;
-        }
-        if room.members.capacity() > 64 && room.members.len() < room.members.capacity() / 4 {
-            room.members.shrink_to(room.members.len() * 2);
-        }
-        room.members.get(pos).copied()
-    }
-
-    pub fn get(&self, idx: u32) -> Option<&LocalRoom> {
-        self.rooms.get(idx as usize)
-    }
-
-    pub fn by_id(&self, id: u64) -> Option<u32> {
-        self.by_id.get(&id).copied()
-    }
-
-    /// Rooms with members on this loop.
+    /// Rooms with members (or joins in flight) on this loop.
     pub fn len(&self) -> usize {
-        self.rooms.len()
+        self.local.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug)]
-    struct Recorder(Registry);
-    impl Fanout for Recorder {
-        fn join(&self, l: usize, name: &str) -> Arc<RoomShared> {
-            self.0.join(l, name)
-        }
-        fn leave(&self, l: usize, room: &RoomShared) {
-            self.0.leave(l, room)
-        }
-        fn publish(&self, _: usize, _: &RoomShared, _: &Bytes) -> usize {
-            0
-        }
+        self.local.is_empty()
     }
 
-    #[test]
-    fn registry_tracks_loops_and_forgets_empty_rooms() {
-        let r = Registry::new(70);
-        let a0 = r.join(0, "a");
-        let a69 = r.join(69, "a");
-        assert_eq!(a0.id, a69.id);
-        assert_eq!(a0.other_loops(0).collect::<Vec<_>>(), vec![69]);
-        assert_eq!(a0.other_loops(5).collect::<Vec<_>>(), vec![0, 69]);
-        r.leave(0, &a0);
-        r.leave(69, &a0);
-        let again = r.join(3, "a");
-        assert_ne!(again.id, a0.id, "a new room after the old one emptied");
+    /// The name of local room `idx`.
+    pub fn name(&self, idx: u32) -> Option<std::sync::Arc<str>> {
+        self.local.get(idx).map(|r| r.name.clone())
     }
 
-    #[test]
-    fn local_rooms_swap_remove_reports_the_moved_member() {
-        let f = Recorder(Registry::new(1));
-        let mut rooms = LocalRooms::default();
-        let s1 = rooms.join(&f, 0, "r", 10);
-        let _s2 = rooms.join(&f, 0, "r", 11);
-        let s3 = rooms.join(&f, 0, "r", 12);
-        assert_eq!((s1.pos, s3.pos), (0, 2));
-        assert_eq!(rooms.leave(&f, 0, s1), Some(12), "12 moved into slot 0");
-        assert_eq!(rooms.get(s1.room).unwrap().members, vec![12, 11]);
-        assert_eq!(rooms.leave(&f, 0, Seat { room: s1.room, pos: 1 }), None);
-        assert_eq!(rooms.leave(&f, 0, Seat { room: s1.room, pos: 0 }), None);
-        assert!(rooms.is_empty());
+    fn conn_ref(&self, key: usize, c: &Conn) -> ConnRef {
+        ConnRef { lp: self.lp as u16, key: key as u32, gen: c.gen }
+    }
+
+    /// Ask the broker to let connection `key` join `room`; the member is added when
+    /// [`Rooms::on_joined`] receives the answer.
+    pub fn join(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        room: &str,
+        since: Option<Position>,
+        presence: bool,
+        id: Tag,
+    ) -> Result<(), Refusal> {
+        let to = self.conn_ref(key, &conns[key]);
+        let Some(peer) = conns[key].peer.as_mut() else {
+            return Err((ErrorCode::BadRequest, "this connection cannot join rooms".into()));
+        };
+        if !peer.identity.may_join(room) {
+            return Err((ErrorCode::Forbidden, format!("this token may not join room {room:?}")));
+        }
+        let existing = self.local.find(room);
+        if existing.and_then(|idx| peer.seat(idx)).is_some() {
+            return Err((ErrorCode::BadRequest, format!("already in room {room:?}")));
+        }
+        if peer.seats.len() >= self.max_rooms {
+            return Err((ErrorCode::TooManyRooms, format!("at most {} rooms per connection", self.max_rooms)));
+        }
+        let idx = existing.unwrap_or_else(|| {
+            let id = self.broker.subscribe(self.lp, room);
+            self.local.insert(id, room.into())
+        });
+        if let Some(r) = self.local.get_mut(idx) {
+            r.pending += 1;
+        }
+        peer.seats.push(Seat { room: idx, pos: PENDING, presence });
+        let user = peer.identity.user.clone();
+        self.broker.join(Join { lp: self.lp, to, room, user: &user, since, id });
+        Ok(())
+    }
+
+    /// The broker's answer to a join: add the member, then (v1) the `joined` reply and the
+    /// replayed messages, all before any later message of the room.
+    pub fn on_joined(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        relay: &mut Relay,
+        m: &LoopMetrics,
+        to: ConnRef,
+        room: RoomId,
+        j: Joined,
+    ) {
+        let Some(idx) = self.local.by_id(room) else { return };
+        if let Some(r) = self.local.get_mut(idx) {
+            r.pending = r.pending.saturating_sub(1);
+        }
+        let key = to.key as usize;
+        let live = conns.get(key).is_some_and(|c| c.gen == to.gen);
+        let seat = live.then(|| conns[key].peer.as_ref().and_then(|p| p.seat(idx))).flatten();
+        let Some(si) = seat.filter(|&si| conns[key].peer.as_ref().is_some_and(|p| p.seats[si].pos == PENDING)) else {
+            // Gone (or left) before the answer came: the departure already told the broker.
+            self.release(idx);
+            return;
+        };
+        let c = &mut conns[key];
+        let wire = if c.route == Route::V1 { Wire::V1 } else { Wire::Raw };
+        let Some(peer) = c.peer.as_mut() else { return };
+        let presence = peer.seats[si].presence;
+        peer.seats[si].pos = self.local.add(idx, Member { key: to.key, wire, presence });
+        m.joins_total.inc();
+        m.rooms.set(self.local.len() as u64);
+        if wire == Wire::V1 {
+            let name = self.local.get(idx).map(|r| r.name.clone()).unwrap_or_default();
+            let reply = v1_frame(|o| v1::write_joined(o, j.id.as_deref(), &name, &j.epoch, j.top, j.recovered));
+            relay.send(key, c, &reply, m);
+            for msg in &j.replay {
+                relay.send(key, c, msg.frame(Wire::V1), m);
+            }
+            m.messages_sent_total.add(j.replay.len() as u64);
+            m.messages_recovered_total.add(j.replay.len() as u64);
+        }
+    }
+
+    /// Leave `room` (a v1 `leave`). False when the connection was not in it.
+    pub fn leave(&mut self, conns: &mut Slab<Conn>, key: usize, room: &str, clean: bool) -> bool {
+        let Some(idx) = self.local.find(room) else { return false };
+        let Some(si) = conns[key].peer.as_ref().and_then(|p| p.seat(idx)) else { return false };
+        self.remove_seat(conns, key, si, clean);
+        true
+    }
+
+    /// The connection is going away: leave every room.
+    pub fn leave_all(&mut self, conns: &mut Slab<Conn>, key: usize, clean: bool) {
+        while conns[key].peer.as_ref().is_some_and(|p| !p.seats.is_empty()) {
+            let last = conns[key].peer.as_ref().map_or(0, |p| p.seats.len() - 1);
+            self.remove_seat(conns, key, last, clean);
+        }
+    }
+
+    fn remove_seat(&mut self, conns: &mut Slab<Conn>, key: usize, si: usize, clean: bool) {
+        let Some(peer) = conns[key].peer.as_mut() else { return };
+        let seat = peer.seats.swap_remove(si);
+        let user = peer.identity.user.clone();
+        if seat.pos != PENDING {
+            if let Some(moved) = self.local.remove(seat.room, seat.pos) {
+                if let Some(p) = conns.get_mut(moved as usize).and_then(|c| c.peer.as_mut()) {
+                    if let Some(ms) = p.seat(seat.room) {
+                        p.seats[ms].pos = seat.pos;
+                    }
+                }
+            }
+        }
+        if let Some(r) = self.local.get(seat.room) {
+            let name = r.name.clone();
+            self.broker.leave(self.lp, &name, &user, clean);
+        }
+        self.release(seat.room);
+    }
+
+    /// Forget a local room nobody uses any more, and unsubscribe from it.
+    fn release(&mut self, idx: u32) {
+        if let Some(r) = self.local.release_if_unused(idx) {
+            self.broker.unsubscribe(self.lp, &r.name, r.id);
+        }
+    }
+
+    /// Fan a message out to this loop's members of its room (except its publisher).
+    pub fn deliver(&self, conns: &mut Slab<Conn>, relay: &mut Relay, m: &LoopMetrics, room: RoomId, msg: &RoomMessage) {
+        let Some(r) = self.local.by_id(room).and_then(|idx| self.local.get(idx)) else { return };
+        let mut sent = 0;
+        for member in &r.members {
+            let key = member.key as usize;
+            let Some(c) = conns.get_mut(key) else { continue };
+            if msg.origin.is_some_and(|o| o.lp as usize == self.lp && o.key == member.key && o.gen == c.gen) {
+                continue;
+            }
+            if c.sess.phase() != Phase::Open {
+                continue;
+            }
+            relay.send(key, c, msg.frame(member.wire), m);
+            sent += 1;
+        }
+        m.messages_sent_total.add(sent);
+    }
+
+    /// A presence change, to the v1 members that asked for presence events.
+    pub fn presence(
+        &self,
+        conns: &mut Slab<Conn>,
+        relay: &mut Relay,
+        m: &LoopMetrics,
+        room: RoomId,
+        ev: &PresenceEvent,
+    ) {
+        let Some(r) = self.local.by_id(room).and_then(|idx| self.local.get(idx)) else { return };
+        for member in r.members.iter().filter(|mb| mb.presence && mb.wire == Wire::V1) {
+            let key = member.key as usize;
+            if let Some(c) = conns.get_mut(key).filter(|c| c.sess.phase() == Phase::Open) {
+                relay.send(key, c, ev.frame(), m);
+                m.presence_events_sent_total.inc();
+            }
+        }
+    }
+
+    /// Publish `payload` to `room` from connection `key`, which must be in it and allowed to.
+    /// `ack`: v1 wants a `published` answer with this id.
+    pub fn publish(
+        &self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        room: &str,
+        payload: Payload,
+        ack: Option<Tag>,
+        now_ms: u32,
+    ) -> Published {
+        let origin = self.conn_ref(key, &conns[key]);
+        let Some(peer) = conns[key].peer.as_mut() else {
+            return Published::Refused((ErrorCode::BadRequest, "not a room connection".into()));
+        };
+        if self.local.find(room).and_then(|idx| peer.seat(idx)).is_none() {
+            return Published::Refused((ErrorCode::NotJoined, format!("join room {room:?} before publishing")));
+        }
+        if !peer.identity.may_publish {
+            return Published::Refused((ErrorCode::Forbidden, "this token is read-only (publish: false)".into()));
+        }
+        match peer.bucket.take(self.publish_rate, now_ms) {
+            Take::Ok => {}
+            Take::Refused => {
+                return Published::Refused((
+                    ErrorCode::RateLimited,
+                    format!("over --max-publish-rate ({} messages/s)", self.publish_rate),
+                ))
+            }
+            Take::Flooding => return Published::Flooding,
+        }
+        self.broker.publish(Publish {
+            lp: self.lp,
+            room,
+            from: peer.identity.user.clone(),
+            payload,
+            origin: Some(origin),
+            ack: ack.map(|id| (origin, id)),
+        });
+        Published::Sent
     }
 }

@@ -1,156 +1,400 @@
-//! What the server answers to each request head: the routes and their rejections, as a pure
-//! function of the parsed request (no IO, unit-tested here).
+//! What the server answers to each request: the routes, their checks and rejections, as a pure
+//! function of the parsed request and the server's settings (no IO; unit-tested here).
 //!
 //! - `/echo`: WebSocket echo.
-//! - `/` and `/ws` with `?room=NAME`: WebSocket chat room.
+//! - `/ws` (and `/`) with `?room=NAME`: a seed-mode room; `/ws` offering `c100k.v1`: the v1 protocol.
 //! - `/healthz`, `/metrics`: plain HTTP.
+//! - `/api/…` (with `--api-key`): the server API for application backends.
 
-use crate::proto::ws::handshake::{check_upgrade, Request, UpgradeError};
+use std::borrow::Cow;
 
-/// Longest room name accepted (after percent-decoding), in bytes.
-pub const MAX_ROOM_NAME: usize = 256;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-/// The answer to a request head.
+use crate::auth::{Auth, Identity, Refusal};
+use crate::proto::http::{Body, Request};
+use crate::proto::v1::{self, Position};
+use crate::proto::ws::handshake::{check_upgrade, UpgradeError};
+
+/// What a WebSocket connection becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Complete the handshake with this `Sec-WebSocket-Accept`; join `room` if any, else echo.
-    Upgrade { accept: String, room: Option<String> },
-    /// Answer with plain HTTP and end the connection.
-    Respond { status: u16, headers: &'static [(&'static str, &'static str)], body: Body },
+pub enum WsKind {
+    Echo,
+    /// Seed mode: relay JSON text to the room's other members.
+    Raw {
+        room: String,
+    },
+    V1,
 }
 
-/// Body of a plain HTTP answer.
+/// A call to the server API, answered once the broker replies.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
-    Text(&'static str),
-    Owned(String),
+pub enum ApiCall {
+    Publish { room: String, data: Box<str>, from: Option<String> },
+    Presence { room: String },
+    History { room: String, since: Option<Position>, limit: Option<usize> },
+}
+
+/// The body of a plain answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Text(Cow<'static, str>),
+    Json(String),
     /// The Prometheus text of the server's metrics (rendered by the caller).
     Metrics,
+    /// `ok`, or 503 with the broker's trouble (decided by the caller).
+    Health,
+}
+
+/// A plain HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Reply,
+    /// End the connection after it.
+    pub close: bool,
+    /// It refuses a WebSocket handshake (counted as a handshake failure).
+    pub ws: bool,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Complete the handshake with this `Sec-WebSocket-Accept`.
+    Upgrade {
+        accept: String,
+        kind: WsKind,
+        identity: Identity,
+        protocol: Option<&'static str>,
+    },
+    Respond(Response),
+    Api {
+        call: ApiCall,
+        close: bool,
+    },
+}
+
+/// Why a request was refused, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Auth,
+    Origin,
+    Other,
 }
 
 impl Decision {
     /// Whether this ends a connection that wanted a WebSocket and did not get one.
     pub fn is_handshake_failure(&self) -> bool {
-        matches!(self, Decision::Respond { status, .. } if *status >= 400)
+        matches!(self, Decision::Respond(r) if r.ws && r.status >= 400)
     }
-}
 
-const ALLOW_GET: &[(&str, &str)] = &[("Allow", "GET")];
-const UPGRADE_WS: &[(&str, &str)] = &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")];
-
-fn respond(status: u16, body: &'static str) -> Decision {
-    Decision::Respond { status, headers: &[], body: Body::Text(body) }
-}
-
-/// Decide the answer to `req`.
-pub fn route(req: &Request<'_>) -> Decision {
-    let get = req.method == "GET";
-    let wants_room = match req.path {
-        "/healthz" | "/metrics" if !get => {
-            return Decision::Respond { status: 405, headers: ALLOW_GET, body: Body::Text("method not allowed\n") }
+    /// Which refusal this is, for counting.
+    pub fn refused(&self) -> Option<Refused> {
+        match self {
+            Decision::Respond(r) if r.status == 401 => Some(Refused::Auth),
+            Decision::Respond(r) if r.status == 403 && r.ws => Some(Refused::Origin),
+            Decision::Respond(r) if r.status >= 400 => Some(Refused::Other),
+            _ => None,
         }
-        "/healthz" => return respond(200, "ok\n"),
-        "/metrics" => return Decision::Respond { status: 200, headers: &[], body: Body::Metrics },
-        "/echo" => false,
-        "/" | "/ws" => true,
-        _ => return respond(404, "not found\n"),
-    };
-    if !get {
-        return Decision::Respond { status: 405, headers: ALLOW_GET, body: Body::Text("WebSocket needs GET\n") };
     }
+}
+
+/// What routing needs from the server.
+pub struct Ctx<'a> {
+    pub auth: &'a Auth,
+    pub api_key: Option<&'a str>,
+    /// An id for a connection that names no user (open server).
+    pub fallback_user: &'a mut dyn FnMut() -> String,
+}
+
+fn text(status: u16, body: &'static str, close: bool, ws: bool) -> Decision {
+    Decision::Respond(Response { status, headers: Vec::new(), body: Reply::Text(body.into()), close, ws })
+}
+
+fn json_error(status: u16, message: &str, close: bool) -> Decision {
+    let mut body = b"{\"error\":".to_vec();
+    v1::write_str(&mut body, message);
+    body.push(b'}');
+    let body = String::from_utf8(body).unwrap_or_default();
+    let headers = if status == 401 { vec![("WWW-Authenticate", "Bearer".into())] } else { Vec::new() };
+    Decision::Respond(Response { status, headers, body: Reply::Json(body), close, ws: false })
+}
+
+/// A refused WebSocket handshake: the connection ends.
+fn refuse(status: u16, headers: Vec<(&'static str, Cow<'static, str>)>, why: impl Into<Cow<'static, str>>) -> Decision {
+    let mut why = why.into().into_owned();
+    why.push('\n');
+    Decision::Respond(Response { status, headers, body: Reply::Text(why.into()), close: true, ws: true })
+}
+
+fn refusal(r: Refusal) -> Decision {
+    match r {
+        Refusal::Unauthorized(m) => refuse(401, vec![("WWW-Authenticate", "Bearer".into())], m),
+        Refusal::Forbidden(m) => refuse(403, Vec::new(), m),
+        Refusal::BadRequest(m) => refuse(400, Vec::new(), m),
+    }
+}
+
+/// Decide the answer to `req` (with its body).
+pub fn route(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>) -> Decision {
+    let mut d = decide(req, body, ctx);
+    if let Decision::Respond(r) = &mut d {
+        if req.upgrade_websocket && r.status >= 400 {
+            // A refused upgrade: the client expected another protocol on this connection.
+            r.close = true;
+            r.ws = true;
+        }
+    }
+    d
+}
+
+fn decide(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>) -> Decision {
+    let close = !req.keep_alive();
+    let get = req.method == "GET";
+    match req.path {
+        "/healthz" | "/metrics" if !get => {
+            return Decision::Respond(Response {
+                status: 405,
+                headers: vec![("Allow", "GET".into())],
+                body: Reply::Text("method not allowed\n".into()),
+                close,
+                ws: false,
+            })
+        }
+        "/healthz" => {
+            return Decision::Respond(Response {
+                status: 200,
+                headers: Vec::new(),
+                body: Reply::Health,
+                close,
+                ws: false,
+            })
+        }
+        "/metrics" => {
+            return Decision::Respond(Response {
+                status: 200,
+                headers: Vec::new(),
+                body: Reply::Metrics,
+                close,
+                ws: false,
+            })
+        }
+        "/echo" | "/" | "/ws" => {}
+        p if p.starts_with("/api/") || p == "/api" => return api(req, body, ctx, close),
+        _ => return text(404, "not found\n", close, false),
+    }
+    websocket(req, ctx)
+}
+
+fn websocket(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
     let accept = match check_upgrade(req) {
         Ok(a) => a,
+        Err(UpgradeError::BadMethod) => {
+            return refuse(405, vec![("Allow", "GET".into())], "WebSocket needs GET");
+        }
         Err(UpgradeError::NotUpgrade) => {
-            return Decision::Respond {
-                status: 426,
-                headers: UPGRADE_WS,
-                body: Body::Text("this is a WebSocket endpoint: send an Upgrade: websocket request\n"),
-            }
+            return refuse(
+                426,
+                vec![("Upgrade", "websocket".into()), ("Sec-WebSocket-Version", "13".into())],
+                "this is a WebSocket endpoint: send an Upgrade: websocket request",
+            )
         }
         Err(UpgradeError::BadVersion) => {
-            return Decision::Respond {
-                status: 426,
-                headers: &[("Sec-WebSocket-Version", "13")],
-                body: Body::Text("unsupported Sec-WebSocket-Version: only 13 is supported\n"),
-            }
+            return refuse(
+                426,
+                vec![("Sec-WebSocket-Version", "13".into())],
+                "unsupported Sec-WebSocket-Version: only 13 is supported",
+            )
         }
-        Err(UpgradeError::BadRequest(why)) => {
-            return Decision::Respond { status: 400, headers: &[], body: Body::Owned(format!("{why}\n")) }
+        Err(UpgradeError::BadRequest(why)) => return refuse(400, Vec::new(), why),
+    };
+    if let Err(r) = ctx.auth.check_origin(req.origin) {
+        return refusal(r);
+    }
+    let v1 = req.path == "/ws" && req.offers_protocol(v1::SUBPROTOCOL);
+    let kind = if req.path == "/echo" {
+        WsKind::Echo
+    } else if v1 {
+        WsKind::V1
+    } else {
+        match room_param(req) {
+            Ok(room) => WsKind::Raw { room },
+            Err(why) => return refuse(400, Vec::new(), why),
         }
     };
-    if !wants_room {
-        return Decision::Upgrade { accept, room: None };
-    }
-    match room_param(req.query) {
-        Ok(room) => Decision::Upgrade { accept, room: Some(room) },
-        Err(why) => Decision::Respond { status: 400, headers: &[], body: Body::Text(why) },
-    }
-}
-
-/// The `room` query parameter, percent-decoded (`+` is a space), non-empty, UTF-8, bounded.
-pub fn room_param(query: Option<&str>) -> Result<String, &'static str> {
-    let raw = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("room="))
-        .ok_or("missing room: connect to /ws?room=NAME\n")?;
-    let bytes = percent_decode(raw.as_bytes()).ok_or("room: invalid percent-encoding\n")?;
-    if bytes.is_empty() {
-        return Err("empty room name: connect to /ws?room=NAME\n");
-    }
-    if bytes.len() > MAX_ROOM_NAME {
-        return Err("room name longer than 256 bytes\n");
-    }
-    String::from_utf8(bytes).map_err(|_| "room name is not UTF-8\n")
-}
-
-fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-                out.push(v);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
+    let token = match req.query_param("token") {
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return refuse(400, Vec::new(), "token: invalid percent-encoding"),
+        None => req.bearer().map(str::to_string),
+    };
+    let user = match req.query_param("user") {
+        Some(Ok(u)) => Some(u),
+        Some(Err(_)) => return refuse(400, Vec::new(), "user: invalid percent-encoding"),
+        None => None,
+    };
+    let identity = match ctx.auth.identify(token.as_deref(), user.as_deref(), &mut *ctx.fallback_user) {
+        Ok(id) => id,
+        Err(r) => return refusal(r),
+    };
+    if let WsKind::Raw { room } = &kind {
+        if !identity.may_join(room) {
+            return refuse(403, Vec::new(), format!("this token may not join room {room:?}"));
         }
     }
-    Some(out)
+    Decision::Upgrade { accept, kind, identity, protocol: v1.then_some(v1::SUBPROTOCOL) }
+}
+
+/// The `room` query parameter, percent-decoded (`+` is a space), a valid room name.
+pub fn room_param(req: &Request<'_>) -> Result<String, Cow<'static, str>> {
+    let room = match req.query_param("room") {
+        None => return Err("missing room: connect to /ws?room=NAME".into()),
+        Some(Err(e)) => return Err(format!("room: {e}").into()),
+        Some(Ok(r)) => r,
+    };
+    v1::check_room_name(&room).map_err(|e| Cow::Owned(format!("{e}: connect to /ws?room=NAME")))?;
+    Ok(room)
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "v1::present")]
+    data: Option<&'a RawValue>,
+    from: Option<Cow<'a, str>>,
+}
+
+fn api(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>, close: bool) -> Decision {
+    let Some(key) = ctx.api_key else {
+        return text(404, "not found\n", close, false);
+    };
+    match req.bearer() {
+        Some(t) if constant_time_eq(t.as_bytes(), key.as_bytes()) => {}
+        _ => return json_error(401, "an API key is required: Authorization: Bearer KEY", close),
+    }
+    let method_not_allowed = |allow: &'static str| {
+        let mut d = json_error(405, &format!("use {allow}"), close);
+        if let Decision::Respond(r) = &mut d {
+            r.headers.push(("Allow", allow.into()));
+        }
+        d
+    };
+    if req.path == "/api/publish" {
+        if req.method != "POST" {
+            return method_not_allowed("POST");
+        }
+        let text = match std::str::from_utf8(body) {
+            Ok(t) => t,
+            Err(_) => return json_error(400, "the body is not UTF-8", close),
+        };
+        let b: PublishBody<'_> = match serde_json::from_str(text) {
+            Ok(b) => b,
+            Err(e) => return json_error(400, &format!("invalid JSON: {e}"), close),
+        };
+        let Some(room) = b.room else {
+            return json_error(400, "missing \"room\"", close);
+        };
+        if let Err(e) = v1::check_room_name(&room) {
+            return json_error(400, e, close);
+        }
+        let Some(data) = b.data else {
+            return json_error(400, "missing \"data\"", close);
+        };
+        if let Some(f) = &b.from {
+            if let Err(e) = crate::auth::check_user(f) {
+                return json_error(400, &format!("from {e}"), close);
+            }
+        }
+        let call =
+            ApiCall::Publish { room: room.into_owned(), data: data.get().into(), from: b.from.map(Cow::into_owned) };
+        return Decision::Api { call, close };
+    }
+    let Some(rest) = req.path.strip_prefix("/api/rooms/") else {
+        return json_error(404, "no such API route", close);
+    };
+    let (raw_room, what) = match rest.rsplit_once('/') {
+        Some(x) => x,
+        None => return json_error(404, "no such API route", close),
+    };
+    if !matches!(what, "presence" | "history") {
+        return json_error(404, "no such API route", close);
+    }
+    if req.method != "GET" {
+        return method_not_allowed("GET");
+    }
+    let room = match path_decode(raw_room) {
+        Some(r) => r,
+        None => return json_error(400, "room: invalid percent-encoding", close),
+    };
+    if let Err(e) = v1::check_room_name(&room) {
+        return json_error(400, e, close);
+    }
+    if what == "presence" {
+        return Decision::Api { call: ApiCall::Presence { room }, close };
+    }
+    let since = match req.query_param("since") {
+        None => None,
+        Some(Ok(s)) => match Position::parse(&s) {
+            Some(p) => Some(p),
+            None => return json_error(400, "since must be EPOCH:SEQ", close),
+        },
+        Some(Err(e)) => return json_error(400, &format!("since: {e}"), close),
+    };
+    let limit = match req.query_param("limit") {
+        None => None,
+        Some(Ok(l)) => match l.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => return json_error(400, "limit must be a non-negative integer", close),
+        },
+        Some(Err(e)) => return json_error(400, &format!("limit: {e}"), close),
+    };
+    Decision::Api { call: ApiCall::History { room, since, limit }, close }
+}
+
+/// Percent-decode a path segment (`+` stays `+` in paths).
+fn path_decode(s: &str) -> Option<String> {
+    let escaped = s.replace('+', "%2B");
+    String::from_utf8(crate::proto::http::percent_decode(escaped.as_bytes())?).ok()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::ws::handshake::{parse_request, ParsedRequest};
+    use crate::proto::http::{parse, Limits, Parsed};
 
-    fn decide(head: &str) -> Decision {
-        match parse_request(head.as_bytes(), 16 * 1024) {
-            ParsedRequest::Complete { req, .. } => route(&req),
+    fn decide_with(head: &str, auth: &Auth, api_key: Option<&str>) -> Decision {
+        let mut n = 0;
+        let mut fallback = || {
+            n += 1;
+            format!("anon-{n}")
+        };
+        let mut ctx = Ctx { auth, api_key, fallback_user: &mut fallback };
+        match parse(head.as_bytes(), Limits { max_head: 16 * 1024, max_body: 1 << 20 }) {
+            Parsed::Complete { req, body, .. } => route(&req, &body, &mut ctx),
             other => panic!("{other:?}"),
         }
     }
 
-    fn ws(target: &str) -> String {
+    fn decide(head: &str) -> Decision {
+        decide_with(head, &Auth::new(None, None).unwrap(), None)
+    }
+
+    fn ws(target: &str, extra: &str) -> String {
         format!(
             "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
     }
 
     fn status(d: &Decision) -> u16 {
         match d {
-            Decision::Respond { status, .. } => *status,
+            Decision::Respond(r) => r.status,
             Decision::Upgrade { .. } => 101,
+            Decision::Api { .. } => 200,
         }
     }
 
@@ -160,28 +404,117 @@ mod tests {
         assert_eq!(status(&decide("GET /metrics HTTP/1.1\r\n\r\n")), 200);
         assert_eq!(status(&decide("POST /healthz HTTP/1.1\r\n\r\n")), 405);
         assert_eq!(status(&decide("GET /nope HTTP/1.1\r\n\r\n")), 404);
-        assert_eq!(
-            decide(&ws("/echo")),
-            Decision::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(), room: None }
+        match decide(&ws("/echo", "")) {
+            Decision::Upgrade { accept, kind: WsKind::Echo, protocol: None, identity } => {
+                assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert_eq!(&*identity.user, "anon-1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(decide(&ws("/ws?room=lobby", "")), Decision::Upgrade { kind: WsKind::Raw { room }, .. } if room == "lobby")
         );
-        assert!(matches!(decide(&ws("/ws?room=lobby")), Decision::Upgrade { room: Some(r), .. } if r == "lobby"));
-        assert!(matches!(decide(&ws("/?x=1&room=a%20b+c")), Decision::Upgrade { room: Some(r), .. } if r == "a b c"));
+        assert!(
+            matches!(decide(&ws("/?x=1&room=a%20b+c", "")), Decision::Upgrade { kind: WsKind::Raw { room }, .. } if room == "a b c")
+        );
+        assert!(matches!(
+            decide(&ws("/ws?user=ann", "Sec-WebSocket-Protocol: chat, c100k.v1\r\n")),
+            Decision::Upgrade { kind: WsKind::V1, protocol: Some("c100k.v1"), identity, .. } if &*identity.user == "ann"
+        ));
+        assert!(matches!(
+            decide(&ws("/ws?room=r", "Sec-WebSocket-Protocol: chat\r\n")),
+            Decision::Upgrade { kind: WsKind::Raw { .. }, protocol: None, .. }
+        ));
+        assert!(!decide("GET /healthz HTTP/1.1\r\n\r\n").is_handshake_failure());
+        assert!(
+            matches!(decide("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"), Decision::Respond(r) if r.close)
+        );
+        assert!(matches!(decide("GET /healthz HTTP/1.1\r\n\r\n"), Decision::Respond(r) if !r.close));
     }
 
     #[test]
     fn rejections() {
         assert_eq!(status(&decide("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")), 426);
         assert_eq!(status(&decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")), 426);
-        assert_eq!(status(&decide(&ws("/ws"))), 400);
-        assert_eq!(status(&decide(&ws("/ws?room="))), 400);
-        assert_eq!(status(&decide(&ws("/ws?room=%zz"))), 400);
-        assert_eq!(status(&decide(&ws(&format!("/ws?room={}", "a".repeat(300))))), 400);
-        assert_eq!(status(&decide(&ws("/echo").replacen("GET", "POST", 1))), 405);
-        let v = decide(&ws("/echo").replace("Version: 13", "Version: 7"));
+        assert_eq!(status(&decide(&ws("/ws", ""))), 400);
+        assert_eq!(status(&decide(&ws("/ws?room=", ""))), 400);
+        assert_eq!(status(&decide(&ws("/ws?room=%zz", ""))), 400);
+        assert_eq!(status(&decide(&ws("/ws?room=a%00b", ""))), 400, "NUL in a room name");
+        assert_eq!(status(&decide(&ws("/ws?room=%+1", ""))), 400);
+        assert_eq!(status(&decide(&ws(&format!("/ws?room={}", "a".repeat(300)), ""))), 400);
+        assert_eq!(status(&decide(&ws("/echo", "").replacen("GET", "POST", 1))), 405);
+        let v = decide(&ws("/echo", "").replace("Version: 13", "Version: 7"));
         assert_eq!(status(&v), 426);
-        assert!(matches!(v, Decision::Respond { headers, .. } if headers.contains(&("Sec-WebSocket-Version", "13"))));
-        assert_eq!(status(&decide(&ws("/echo").replace("dGhlIHNhbXBsZSBub25jZQ==", "AAAA"))), 400);
-        assert!(decide(&ws("/ws")).is_handshake_failure());
-        assert!(!decide("GET /healthz HTTP/1.1\r\n\r\n").is_handshake_failure());
+        assert!(matches!(&v, Decision::Respond(r) if r.headers.contains(&("Sec-WebSocket-Version", "13".into()))));
+        assert_eq!(status(&decide(&ws("/echo", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "AAAA"))), 400);
+        assert!(decide(&ws("/ws", "")).is_handshake_failure());
+        assert!(matches!(decide(&ws("/ws", "")), Decision::Respond(r) if r.close));
+    }
+
+    #[test]
+    fn tokens_origins_and_room_permissions() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let auth = Auth::new(Some(b"k"), Some(&["https://good.example".into()])).unwrap();
+        let tok = |claims: serde_json::Value| {
+            encode(&Header::default(), &claims, &EncodingKey::from_secret(b"k").unwrap()).unwrap()
+        };
+        let t = tok(serde_json::json!({"sub":"ann","rooms":["lobby"]}));
+        let d = |target: &str, extra: &str| decide_with(&ws(target, extra), &auth, None);
+        assert_eq!(status(&d("/echo", "")), 401);
+        assert_eq!(d("/ws?room=lobby", "").refused(), Some(Refused::Auth));
+        assert_eq!(status(&d(&format!("/ws?room=lobby&token={t}"), "")), 101);
+        assert_eq!(status(&d("/ws?room=lobby", &format!("Authorization: Bearer {t}\r\n"))), 101);
+        assert_eq!(status(&d(&format!("/ws?room=other&token={t}"), "")), 403);
+        assert_eq!(status(&d(&format!("/ws?room=lobby&token={t}x"), "")), 401);
+        let evil = d(&format!("/ws?room=lobby&token={t}"), "Origin: https://evil.example\r\n");
+        assert_eq!((status(&evil), evil.refused()), (403, Some(Refused::Origin)));
+        assert_eq!(status(&d(&format!("/ws?room=lobby&token={t}"), "Origin: https://good.example\r\n")), 101);
+        // v1 checks rooms per join, not at the handshake.
+        assert_eq!(status(&d(&format!("/ws?token={t}"), "Sec-WebSocket-Protocol: c100k.v1\r\n")), 101);
+    }
+
+    #[test]
+    fn api_routes() {
+        let auth = Auth::new(None, None).unwrap();
+        let d = |req: &str, key: Option<&str>| decide_with(req, &auth, key);
+        let post = |body: &str, auth: &str| {
+            format!("POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len())
+        };
+        let k = "Authorization: Bearer sekret\r\n";
+        assert_eq!(status(&d(&post(r#"{"room":"r","data":1}"#, k), None)), 404, "no --api-key: no API");
+        assert_eq!(status(&d(&post(r#"{"room":"r","data":1}"#, ""), Some("sekret"))), 401);
+        assert_eq!(
+            status(&d(&post(r#"{"room":"r","data":1}"#, "Authorization: Bearer nope\r\n"), Some("sekret"))),
+            401
+        );
+        assert_eq!(
+            d(&post(r#"{"room":"r","data":{"a":[1]},"from":"bot"}"#, k), Some("sekret")),
+            Decision::Api {
+                call: ApiCall::Publish { room: "r".into(), data: r#"{"a":[1]}"#.into(), from: Some("bot".into()) },
+                close: false
+            }
+        );
+        for bad in ["{", r#"{"data":1}"#, r#"{"room":"r"}"#, r#"{"room":"","data":1}"#, "[]"] {
+            assert_eq!(status(&d(&post(bad, k), Some("sekret"))), 400, "{bad}");
+        }
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n{k}\r\n");
+        assert_eq!(
+            d(&get("/api/rooms/a%2Fb/presence"), Some("sekret")),
+            Decision::Api { call: ApiCall::Presence { room: "a/b".into() }, close: false }
+        );
+        assert_eq!(
+            d(&get("/api/rooms/r/history?since=e1:5&limit=10"), Some("sekret")),
+            Decision::Api {
+                call: ApiCall::History {
+                    room: "r".into(),
+                    since: Some(Position { epoch: "e1".into(), seq: 5 }),
+                    limit: Some(10)
+                },
+                close: false
+            }
+        );
+        assert_eq!(status(&d(&get("/api/rooms/r/history?since=5"), Some("sekret"))), 400);
+        assert_eq!(status(&d(&get("/api/rooms/r/other"), Some("sekret"))), 404);
+        assert_eq!(status(&d(&get("/api/publish"), Some("sekret"))), 405);
     }
 }

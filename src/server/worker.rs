@@ -1,12 +1,17 @@
 //! One event loop: accepts on its own listener, reads into one per-thread buffer, feeds each
-//! connection's sans-IO session, writes straight to sockets, fires timers, and serves its mailbox.
+//! connection's sans-IO state (HTTP request reader, WebSocket session), writes straight to
+//! sockets, fires timers, and serves its mailbox (broker events, shutdown).
+//!
+//! The loop routes; the work lives in types that own their state: [`Rooms`] (membership and
+//! fan-out through the broker), [`Relay`] (corking and slow consumers), `messages` (what a
+//! WebSocket message means on each route), `routes` (what a request gets).
 //!
 //! Syscall economy, since the kernel is most of each message's cost: a connection's replies to
 //! one read are collected in a per-thread buffer and written with one `write`; a read that does
 //! not fill the buffer is taken as draining the socket (epoll in edge mode reports any later
 //! arrival as a new edge), saving the `EAGAIN` read; sockets are registered once for read and
 //! write and never re-registered; closing a socket removes it from epoll, so there is no
-//! deregister call.
+//! deregister call; broker events this loop posts to itself cost no eventfd write.
 
 use std::io::{self, Read};
 use std::net::Shutdown;
@@ -14,35 +19,44 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{flags, Conn, Route, Sent, NO_ROOM};
+use super::conn::{flags, Bucket, Conn, Peer, Route, Sent};
+use super::messages::{self, After};
 use super::metrics::LoopMetrics;
-use super::rooms::{Command, Fanout, LocalRooms, Mailbox};
-use super::routes::{self, Body, Decision};
-use super::{Shared, LISTENER, WAKER};
-use crate::proto::ws::frame::{self, codes, Data, OpCode, Role};
-use crate::proto::ws::handshake::{self, ParsedRequest};
-use crate::proto::ws::session::{Ending, Event, Expiry, Phase, Session, SessionConfig, TimerAction};
+use super::relay::Relay;
+use super::rooms::{v1_frame, Rooms};
+use super::routes::{self, ApiCall, Decision, Refused, Reply as Answer, Response, WsKind};
+use super::{Command, Mailbox, Shared, LISTENER, WAKER};
+use crate::auth::Identity;
+use crate::broker::{Event, Publish, Query, Reply};
+use crate::proto::http::{self, Limits, Parsed};
+use crate::proto::v1;
+use crate::proto::ws::frame::{codes, Role};
+use crate::proto::ws::handshake;
+use crate::proto::ws::session::{Arm, Ending, Event as WsEvent, Expiry, Phase, Session, SessionConfig, TimerAction};
+use crate::rooms::message::{ConnRef, Payload};
 use crate::timer::{Entry, Wheel};
 
 /// Per-thread read buffer.
 const READ_BUF: usize = 64 * 1024;
 /// Reads per readiness event before other connections get a turn.
 const READS_PER_EVENT: usize = 16;
-/// Stop reading a connection while this much of its output is queued (echo backpressure).
+/// Stop reading a connection while this much of its output is queued: TCP pushes back on a peer
+/// that sends without reading what we answer.
 const PAUSE_READ_AT: usize = 64 * 1024;
 /// Largest request head (request line and headers); larger gets 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// Timer wheel slots (at 10 ms ticks: a 41 s horizon).
+/// Timer wheel slots (at 100 ms ticks: a 410 s horizon).
 const WHEEL_SLOTS: usize = 4096;
 /// How long accepting pauses after EMFILE/ENFILE or at --max-connections.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// The write scratch buffer is shrunk back after a large burst.
 const WBUF_KEEP: usize = 1 << 20;
+/// Mailbox rounds per loop iteration before the loop lets sockets have a turn.
+const MAILBOX_ROUNDS: usize = 8;
 
 pub(crate) struct Worker {
     id: usize,
@@ -53,40 +67,34 @@ pub(crate) struct Worker {
     rbuf: Box<[u8]>,
     /// Replies to the connection being served, written with one syscall.
     wbuf: Vec<u8>,
-    /// Scratch for close frames sent to other connections while `wbuf` is in use.
+    /// Scratch for frames sent to other connections while `wbuf` is in use.
     cbuf: Vec<u8>,
-    rooms: LocalRooms,
-    fanout: Arc<dyn Fanout>,
+    rooms: Rooms,
+    relay: Relay,
     mailbox: Arc<Mailbox>,
+    inbox: Vec<Command>,
     shared: Arc<Shared>,
     scfg: SessionConfig,
+    limits: Limits,
     start: Instant,
     tick_ns: u128,
     now: u64,
     next_gen: u32,
     next_timer: u32,
+    /// Ids for connections that name no user: `anon-<nonce>-<n>`.
+    anon_nonce: u32,
+    anon_next: u64,
     /// Accepting is paused until this tick.
     accept_retry_at: Option<u64>,
     last_accept_warning: Option<u64>,
     /// Set once shutdown began: exit when empty or at this tick.
     drain_deadline: Option<u64>,
-    /// Slow consumers found while relaying, closed once the relay loop is done.
-    slow: Vec<(u32, u32)>,
-    /// Connections with corked frames, flushed once at the end of the loop iteration.
-    dirty: Vec<(usize, u32)>,
     /// Connections whose read budget ran out with input possibly left.
     ready: Vec<(usize, u32)>,
 }
 
 impl Worker {
-    pub fn new(
-        id: usize,
-        poll: Poll,
-        listener: TcpListener,
-        shared: Arc<Shared>,
-        fanout: Arc<dyn Fanout>,
-        mailbox: Arc<Mailbox>,
-    ) -> Self {
+    pub fn new(id: usize, poll: Poll, listener: TcpListener, shared: Arc<Shared>, mailbox: Arc<Mailbox>) -> Self {
         let cfg = &shared.cfg;
         let tick = cfg.tick.max(Duration::from_millis(1));
         let ticks = |d: Duration| -> u32 {
@@ -102,6 +110,8 @@ impl Worker {
             close_timeout: ticks(cfg.close_timeout).max(1),
         };
         let per_loop = (cfg.max_connections / cfg.threads.max(1) + 1).min(1 << 20);
+        let start = Instant::now();
+        let anon_nonce = (std::process::id() << 8) ^ (id as u32) ^ (start.elapsed().subsec_nanos() << 20);
         Worker {
             id,
             poll,
@@ -113,21 +123,23 @@ impl Worker {
             rbuf: vec![0; READ_BUF].into_boxed_slice(),
             wbuf: Vec::with_capacity(READ_BUF),
             cbuf: Vec::with_capacity(256),
-            rooms: LocalRooms::default(),
-            fanout,
+            rooms: Rooms::new(id, shared.broker.clone(), cfg.max_rooms_per_conn, cfg.max_publish_rate),
+            relay: Relay::new(cfg.max_backlog),
             mailbox,
+            inbox: Vec::new(),
+            limits: Limits { max_head: MAX_HEAD, max_body: cfg.max_message_size },
             shared,
             scfg,
-            start: Instant::now(),
+            start,
             tick_ns: tick.as_nanos(),
             now: 0,
             next_gen: 0,
             next_timer: 0,
+            anon_nonce,
+            anon_next: 0,
             accept_retry_at: None,
             last_accept_warning: None,
             drain_deadline: None,
-            slow: Vec::new(),
-            dirty: Vec::new(),
             ready: Vec::new(),
         }
     }
@@ -140,15 +152,23 @@ impl Worker {
         self.now as u32
     }
 
+    /// Milliseconds on this loop's clock (for rate limits).
+    fn now_ms(&self) -> u32 {
+        self.start.elapsed().as_millis() as u32
+    }
+
     fn ticks(&self, d: Duration) -> u64 {
         (d.as_nanos().div_ceil(self.tick_ns)) as u64
+    }
+
+    fn conn_ref(&self, key: usize) -> ConnRef {
+        ConnRef { lp: self.id as u16, key: key as u32, gen: self.conns[key].gen }
     }
 
     pub fn run(mut self) {
         self.m().loops_listening.set(1);
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
-        let mut inbox = Vec::new();
         loop {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -162,13 +182,13 @@ impl Worker {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
-                    WAKER => self.serve_mailbox(&mut inbox),
+                    WAKER => {} // the mailbox is served below, every iteration
                     t => self.on_event(t, ev),
                 }
             }
             self.run_ready();
             self.expire_timers(&mut expired);
-            self.flush_dirty();
+            self.settle_iteration();
             if self.accept_retry_at.is_some_and(|t| self.now >= t) {
                 self.accept_retry_at = None;
                 self.accept();
@@ -187,12 +207,27 @@ impl Worker {
                 }
             }
         }
+        self.m().loops_listening.set(0);
+    }
+
+    /// The end of an iteration: serve the mailbox (broker events, including those this loop
+    /// posted to itself), write what was corked, close slow consumers — until nothing is left
+    /// or the round limit gives sockets a turn.
+    fn settle_iteration(&mut self) {
+        for _ in 0..MAILBOX_ROUNDS {
+            let served = self.serve_mailbox();
+            self.relay.flush_dirty(&mut self.conns, self.shared.metrics.mine(self.id));
+            let closed = self.close_slow_and_broken();
+            if served == 0 && closed == 0 {
+                return;
+            }
+        }
     }
 
     /// Sleep until the next timer slot, accept retry or drain deadline; not at all while some
-    /// connection still has unread input.
+    /// connection still has unread input or the mailbox holds work.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.mailbox.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_expiry().map(|ahead| self.now + ahead);
@@ -312,10 +347,11 @@ impl Worker {
         let gen = self.conns[key].gen;
         for _ in 0..READS_PER_EVENT {
             let c = &mut self.conns[key];
-            if c.has(flags::PEER_EOF) {
+            if c.has(flags::PEER_EOF) || c.has(flags::AWAITING) {
                 return;
             }
-            if c.queued() >= PAUSE_READ_AT {
+            // Only while we may still answer: a closing connection is read for its close frame.
+            if c.queued() >= PAUSE_READ_AT && matches!(c.sess.phase(), Phase::Open | Phase::Handshake) {
                 c.flags |= flags::READ_PAUSED;
                 return;
             }
@@ -345,15 +381,15 @@ impl Worker {
         }
         match c.flush() {
             Ok((n, _)) => {
-                let paused = c.has(flags::READ_PAUSED) && c.queued() < PAUSE_READ_AT / 2;
-                if paused {
+                let resume = c.has(flags::READ_PAUSED) && c.queued() < PAUSE_READ_AT / 2;
+                if resume {
                     c.flags &= !flags::READ_PAUSED;
                 }
                 let m = self.m();
                 m.bytes_sent_total.add(n as u64);
                 m.outbound_queued_bytes.sub(n as u64);
                 self.settle(key);
-                if paused && self.conns.contains(key) {
+                if resume && self.conns.contains(key) {
                     // The edge that made it readable was consumed while paused: read now.
                     self.on_readable(key, false);
                 }
@@ -366,6 +402,10 @@ impl Worker {
         let c = &mut self.conns[key];
         c.flags |= flags::PEER_EOF;
         match c.sess.phase() {
+            // Answer what is awaited, then close (settle sees PEER_EOF).
+            Phase::Handshake if c.has(flags::AWAITING) => {}
+            // A keep-alive client that is done.
+            Phase::Handshake if c.route == Route::KeepAlive && c.sess.is_idle() => self.drop_conn(key),
             Phase::Handshake => {
                 self.m().handshake_failures_total.inc();
                 self.drop_conn(key);
@@ -379,94 +419,297 @@ impl Worker {
 
     fn on_input(&mut self, key: usize, data: &mut [u8]) {
         if self.conns[key].sess.phase() == Phase::Handshake {
-            self.on_request_bytes(key, data);
+            self.on_http_bytes(key, data);
         } else {
             self.feed_frames(key, data);
         }
         self.flush_wbuf(key);
     }
 
-    // ---- opening handshake ----
+    // ---- HTTP: requests, the upgrade, keep-alive ----
 
-    fn on_request_bytes(&mut self, key: usize, data: &mut [u8]) {
-        let mut head = self.conns[key].sess.take_stash();
-        let stashed = !head.is_empty();
-        if stashed {
-            head.extend_from_slice(data);
+    /// Parse and answer requests from the stash plus `data`, in order (pipelining), until one
+    /// is incomplete, upgrades the connection, waits for the broker, or ends the connection.
+    fn on_http_bytes(&mut self, key: usize, data: &mut [u8]) {
+        let mut held = self.conns[key].sess.take_stash();
+        let from_stash = !held.is_empty();
+        if from_stash {
+            held.extend_from_slice(data);
         }
-        let outcome = {
-            let buf: &[u8] = if stashed { &head } else { data };
-            match handshake::parse_request(buf, MAX_HEAD) {
-                ParsedRequest::Partial => None,
-                ParsedRequest::Complete { req, len } => Some((routes::route(&req), len)),
-                ParsedRequest::TooLarge => Some((plain(431, "request head too large\n"), buf.len())),
-                ParsedRequest::Malformed => Some((plain(400, "malformed HTTP request\n"), buf.len())),
+        let mut off = 0;
+        loop {
+            let buf: &mut [u8] = if from_stash { &mut held[off..] } else { &mut data[off..] };
+            if buf.is_empty() {
+                return;
             }
-        };
-        let Some((decision, len)) = outcome else {
-            if !stashed {
-                head.extend_from_slice(data);
-            }
-            *self.conns[key].sess.stash() = head;
-            return;
-        };
-        let failed = decision.is_handshake_failure();
-        match decision {
-            Decision::Upgrade { accept, room } => {
-                self.upgrade(key, &accept, room);
-                // Frames the client sent right behind its request.
-                let rest: &mut [u8] = if stashed { &mut head[len..] } else { &mut data[len..] };
-                if !rest.is_empty() {
-                    self.feed_frames(key, rest);
+            let (decision, len) = {
+                let parsed = http::parse(buf, self.limits);
+                match parsed {
+                    Parsed::Partial { .. } => {
+                        let rest = buf.to_vec();
+                        *self.conns[key].sess.stash() = rest;
+                        return;
+                    }
+                    Parsed::Error(e) => {
+                        let why = format!("{}\n", e.reason);
+                        let resp = Response {
+                            status: e.status,
+                            headers: Vec::new(),
+                            body: Answer::Text(why.into()),
+                            close: true,
+                            ws: true,
+                        };
+                        (Decision::Respond(resp), buf.len())
+                    }
+                    Parsed::Complete { req, body, len } => {
+                        let (nonce, lp) = (self.anon_nonce, self.id);
+                        let counter = &mut self.anon_next;
+                        let mut fallback = || {
+                            *counter += 1;
+                            format!("anon-{nonce:08x}-{lp}-{counter}")
+                        };
+                        let mut ctx = routes::Ctx {
+                            auth: &self.shared.auth,
+                            api_key: self.shared.cfg.api_key.as_deref(),
+                            fallback_user: &mut fallback,
+                        };
+                        (routes::route(&req, &body, &mut ctx), len)
+                    }
                 }
+            };
+            off += len;
+            match decision.refused() {
+                Some(Refused::Auth) => self.m().auth_failures_total.inc(),
+                Some(Refused::Origin) => self.m().origin_rejections_total.inc(),
+                _ => {}
             }
-            Decision::Respond { status, headers, body } => {
-                self.respond(key, status, headers, body, failed);
+            let failed = decision.is_handshake_failure();
+            match decision {
+                Decision::Upgrade { accept, kind, identity, protocol } => {
+                    self.upgrade(key, &accept, kind, identity, protocol);
+                    // Frames the client sent right behind its request.
+                    let rest: &mut [u8] = if from_stash { &mut held[off..] } else { &mut data[off..] };
+                    if !rest.is_empty() {
+                        self.feed_frames(key, rest);
+                    }
+                    return;
+                }
+                Decision::Respond(r) => {
+                    let close = r.close;
+                    self.respond(key, r, failed);
+                    if close {
+                        return;
+                    }
+                    let now = self.now32();
+                    self.conns[key].sess.restart_http(now);
+                    self.conns[key].route = Route::KeepAlive;
+                }
+                Decision::Api { call, close } => {
+                    self.api(key, call, close);
+                    let rest: &[u8] = if from_stash { &held[off..] } else { &data[off..] };
+                    if !rest.is_empty() {
+                        *self.conns[key].sess.stash() = rest.to_vec();
+                    }
+                    return;
+                }
             }
         }
     }
 
-    fn upgrade(&mut self, key: usize, accept: &str, room: Option<String>) {
-        handshake::write_switching_protocols(&mut self.wbuf, accept);
+    fn upgrade(&mut self, key: usize, accept: &str, kind: WsKind, identity: Identity, protocol: Option<&str>) {
+        handshake::write_switching_protocols(&mut self.wbuf, accept, protocol);
         let now = self.now32();
+        let now_ms = self.now_ms();
+        let arm = self.conns[key].sess.open(now, &self.scfg);
         let c = &mut self.conns[key];
-        // The handshake timer is still queued; when it fires the session re-arms for the ping.
-        let handshake_timer_due = c.sess.since().wrapping_add(self.scfg.handshake_timeout);
-        c.sess.open(now);
-        c.route = if room.is_some() { Route::Room } else { Route::Echo };
-        if let Some(name) = room {
-            let seat = self.rooms.join(&*self.fanout, self.id, &name, key as u32);
-            self.conns[key].seat = seat;
-            self.m().rooms.set(self.rooms.len() as u64);
+        let room = match kind {
+            WsKind::Echo => {
+                c.route = Route::Echo;
+                None
+            }
+            WsKind::V1 => {
+                c.route = Route::V1;
+                None
+            }
+            WsKind::Raw { room } => {
+                c.route = Route::Raw;
+                Some(room)
+            }
+        };
+        if c.route != Route::Echo {
+            let bucket = Bucket::full(self.rooms.publish_rate(), now_ms);
+            c.peer = Some(Box::new(Peer { identity, seats: Vec::new(), bucket }));
+        }
+        if let Some(room) = room {
+            if let Err((_, why)) = self.rooms.join(&mut self.conns, key, &room, None, false, None) {
+                log::debug!("loop {}: seed-mode join failed: {why}", self.id);
+            }
         }
         let m = self.m();
         m.handshakes_total.inc();
         m.websockets_open.inc();
-        if self.scfg.ping_interval == 0 {
-            self.disarm(key);
-        } else if handshake_timer_due.wrapping_sub(now) > self.scfg.ping_interval {
-            // Only a ping due before the queued entry fires needs a new entry (one per
-            // connection keeps the wheel small).
-            self.arm(key, self.scfg.ping_interval);
+        match arm {
+            Arm::Keep => {}
+            Arm::After(d) => self.arm(key, d),
+            Arm::Cancel => self.disarm(key),
         }
     }
 
-    /// Answer with plain HTTP and end the connection; `failed`: a WebSocket handshake refused.
-    fn respond(&mut self, key: usize, status: u16, headers: &[(&str, &str)], body: Body, failed: bool) {
-        let (ctype, text) = match body {
-            Body::Text(t) => ("text/plain; charset=utf-8", std::borrow::Cow::Borrowed(t)),
-            Body::Owned(s) => ("text/plain; charset=utf-8", std::borrow::Cow::Owned(s)),
-            Body::Metrics => ("text/plain; version=0.0.4; charset=utf-8", super::metrics_text(&self.shared).into()),
+    /// Write a plain HTTP answer; `failed`: a WebSocket handshake refused.
+    fn respond(&mut self, key: usize, r: Response, failed: bool) {
+        let mut status = r.status;
+        let (ctype, text): (&str, std::borrow::Cow<'_, str>) = match r.body {
+            Answer::Text(t) => ("text/plain; charset=utf-8", t),
+            Answer::Json(s) => ("application/json", s.into()),
+            Answer::Metrics => ("text/plain; version=0.0.4; charset=utf-8", super::metrics_text(&self.shared).into()),
+            Answer::Health => match self.shared.broker.status() {
+                Ok(()) => ("text/plain; charset=utf-8", "ok\n".into()),
+                Err(e) => {
+                    status = 503;
+                    ("text/plain; charset=utf-8", format!("unavailable: {e}\n").into())
+                }
+            },
         };
-        handshake::write_response(&mut self.wbuf, status, headers, ctype, text.as_bytes());
+        let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, &**v)).collect();
+        http::write_response(&mut self.wbuf, status, &headers, ctype, text.as_bytes(), !r.close);
         if failed {
             self.m().handshake_failures_total.inc();
         } else {
             self.m().http_requests_total.inc();
         }
+        if r.close {
+            let now = self.now32();
+            self.conns[key].sess.linger(now);
+            self.arm(key, self.scfg.close_timeout);
+        }
+    }
+
+    /// Start a server API call; its answer comes as a broker reply.
+    fn api(&mut self, key: usize, call: ApiCall, close: bool) {
+        let to = self.conn_ref(key);
+        let c = &mut self.conns[key];
+        c.flags |= flags::AWAITING;
+        if close {
+            c.flags &= !flags::KEEP_ALIVE;
+        } else {
+            c.flags |= flags::KEEP_ALIVE;
+        }
+        let broker = self.shared.broker.clone();
+        let limit = |l: Option<usize>| l.map_or(self.shared.cfg.history_size, |l| l.min(self.shared.cfg.history_size));
+        match call {
+            ApiCall::Publish { room, data, from } => broker.publish(Publish {
+                lp: self.id,
+                room: &room,
+                from: from.as_deref().unwrap_or("api").into(),
+                payload: Payload::Json(data),
+                origin: None,
+                ack: Some((to, None)),
+            }),
+            ApiCall::Presence { room } => broker.presence(Query { lp: self.id, to, id: None, room: &room }),
+            ApiCall::History { room, since, limit: l } => {
+                broker.history(Query { lp: self.id, to, id: None, room: &room }, since, limit(l))
+            }
+        }
+    }
+
+    /// The broker answered a connection: a v1 reply frame, or an API response.
+    fn on_reply(&mut self, to: ConnRef, id: Option<Box<str>>, reply: Reply) {
+        let key = to.key as usize;
+        if !self.live(key, to.gen) {
+            return;
+        }
+        match self.conns[key].route {
+            Route::V1 if self.conns[key].sess.phase() == Phase::Open => {
+                let id = id.as_deref();
+                let frame = v1_frame(|o| match &reply {
+                    Reply::Published { room, seq, .. } => v1::write_published(o, id, room, *seq),
+                    Reply::History { room, epoch, messages } => {
+                        v1::write_history(o, id, room, epoch, messages.iter().map(|m| m.v1_json()))
+                    }
+                    Reply::Presence { room, users } => {
+                        v1::write_presence(o, id, room, users.iter().map(|(u, n)| (&**u, *n)))
+                    }
+                    Reply::Error { code, message } => v1::write_error(o, id, *code, message),
+                });
+                let m = self.shared.metrics.mine(self.id);
+                if matches!(reply, Reply::Error { .. }) {
+                    m.v1_errors_total.inc();
+                }
+                self.relay.send(key, &mut self.conns[key], &frame, m);
+            }
+            Route::Http | Route::KeepAlive if self.conns[key].has(flags::AWAITING) => self.api_answer(key, reply),
+            _ => {}
+        }
+    }
+
+    fn api_answer(&mut self, key: usize, reply: Reply) {
+        let mut body = Vec::with_capacity(128);
+        let status = match &reply {
+            Reply::Published { room, seq, epoch } => {
+                body.extend_from_slice(b"{\"room\":");
+                v1::write_str(&mut body, room);
+                body.extend_from_slice(format!(",\"seq\":{seq},\"epoch\":").as_bytes());
+                v1::write_str(&mut body, epoch);
+                body.push(b'}');
+                200
+            }
+            Reply::History { room, epoch, messages } => {
+                body.extend_from_slice(b"{\"room\":");
+                v1::write_str(&mut body, room);
+                body.extend_from_slice(b",\"epoch\":");
+                v1::write_str(&mut body, epoch);
+                body.extend_from_slice(b",\"messages\":");
+                v1::write_json_list(&mut body, messages.iter().map(|m| m.v1_json()));
+                body.push(b'}');
+                200
+            }
+            Reply::Presence { room, users } => {
+                body.extend_from_slice(b"{\"room\":");
+                v1::write_str(&mut body, room);
+                body.extend_from_slice(b",\"users\":");
+                v1::write_users(&mut body, users.iter().map(|(u, n)| (&**u, *n)));
+                body.push(b'}');
+                200
+            }
+            Reply::Error { code, message } => {
+                body.extend_from_slice(b"{\"error\":");
+                v1::write_str(&mut body, message);
+                body.extend_from_slice(b",\"code\":");
+                v1::write_str(&mut body, code.as_str());
+                body.push(b'}');
+                if *code == v1::ErrorCode::Unavailable {
+                    503
+                } else {
+                    400
+                }
+            }
+        };
+        let c = &mut self.conns[key];
+        let keep_alive = c.has(flags::KEEP_ALIVE) && !c.has(flags::PEER_EOF);
+        c.flags &= !(flags::AWAITING | flags::KEEP_ALIVE);
+        self.cbuf.clear();
+        http::write_response(&mut self.cbuf, status, &[], "application/json", &body, keep_alive);
+        let sent = self.conns[key].send_slice(&self.cbuf);
+        self.account(key, sent);
+        if !self.conns.contains(key) {
+            return;
+        }
+        self.m().api_requests_total.inc();
         let now = self.now32();
-        self.conns[key].sess.linger(now);
-        self.arm(key, self.scfg.close_timeout);
+        if !keep_alive {
+            self.conns[key].sess.linger(now);
+            self.arm(key, self.scfg.close_timeout);
+            self.settle(key);
+            return;
+        }
+        self.conns[key].sess.restart_http(now);
+        self.conns[key].route = Route::KeepAlive;
+        // Requests that arrived behind this one, then whatever the socket holds.
+        self.on_input(key, &mut []);
+        if self.conns.contains(key) {
+            let gen = self.conns[key].gen;
+            self.ready.push((key, gen));
+        }
     }
 
     // ---- WebSocket traffic ----
@@ -474,123 +717,55 @@ impl Worker {
     fn feed_frames(&mut self, key: usize, data: &mut [u8]) {
         let mut rest = data;
         let now = self.now32();
+        let now_ms = self.now_ms();
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
             match c.sess.feed(&mut rest, now, &mut self.wbuf, &self.scfg) {
                 None => return,
-                Some(Event::Message { text, data }) => {
-                    self.m().messages_received_total.inc();
-                    self.on_message(key, text, &data);
+                Some(WsEvent::Message { text, data }) => {
+                    let m = self.shared.metrics.mine(self.id);
+                    m.messages_received_total.inc();
+                    let mut cx = messages::Ctx {
+                        lp: self.id,
+                        conns: &mut self.conns,
+                        rooms: &mut self.rooms,
+                        wbuf: &mut self.wbuf,
+                        m,
+                        now_ms,
+                        history_size: self.shared.cfg.history_size,
+                    };
+                    if let After::Close(code, reason) = messages::on_message(&mut cx, key, text, &data) {
+                        self.flush_wbuf(key);
+                        if self.conns.contains(key) {
+                            self.close_with(key, code, reason);
+                        }
+                        return;
+                    }
                 }
-                Some(Event::Finish(ending)) => {
-                    match ending {
+                Some(WsEvent::Finish(ending)) => {
+                    let clean = match ending {
                         Ending::Failed(e) => {
                             self.m().protocol_errors_total.inc();
                             log::debug!("loop {}: connection failed: {} ({})", self.id, e.reason, e.code);
+                            false
                         }
-                        Ending::PeerClosed(_) | Ending::Acknowledged => {
+                        Ending::PeerClosed(code) => {
                             self.conns[key].flags |= flags::CLOSE_WHEN_FLUSHED;
+                            // A deliberate goodbye; a browser's close() without a code sends none.
+                            matches!(code, None | Some(codes::NORMAL | codes::GOING_AWAY))
                         }
-                    }
-                    self.leave_ws(key);
+                        Ending::Acknowledged => {
+                            self.conns[key].flags |= flags::CLOSE_WHEN_FLUSHED;
+                            false
+                        }
+                    };
+                    self.leave_ws(key, clean);
                     self.arm(key, self.scfg.close_timeout);
                 }
             }
         }
-    }
-
-    fn on_message(&mut self, key: usize, text: bool, data: &[u8]) {
-        let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
-        match self.conns[key].route {
-            Route::Echo => {
-                frame::write_frame(&mut self.wbuf, opcode, data);
-                self.m().messages_sent_total.inc();
-            }
-            Route::Room => {
-                if text {
-                    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(data) {
-                        self.m().invalid_json_total.inc();
-                        let reply = serde_json::json!({ "error": format!("invalid JSON, not relayed: {e}") });
-                        frame::write_frame(&mut self.wbuf, OpCode::Data(Data::Text), reply.to_string().as_bytes());
-                        return;
-                    }
-                }
-                let mut v = Vec::with_capacity(data.len() + 10);
-                frame::write_frame(&mut v, opcode, data);
-                let framed = Bytes::from(v);
-                let room = self.conns[key].seat.room;
-                self.relay_local(room, Some(key as u32), &framed);
-                if let Some(r) = self.rooms.get(room) {
-                    let n = self.fanout.publish(self.id, &r.shared, &framed);
-                    self.m().cross_loop_deliveries_total.add(n as u64);
-                }
-            }
-            Route::None => {}
-        }
-    }
-
-    /// Cork a framed message for this loop's members of `room` (except the sender); it goes out
-    /// in the end-of-iteration flush. Members whose queue would pass --max-backlog are closed
-    /// with 1008 afterwards.
-    fn relay_local(&mut self, room: u32, except: Option<u32>, framed: &Bytes) {
-        let Worker { rooms, conns, slow, dirty, shared, id, .. } = self;
-        let Some(r) = rooms.get(room) else { return };
-        let m = shared.metrics.mine(*id);
-        let max_backlog = shared.cfg.max_backlog;
-        let mut sent = 0u64;
-        for &k in &r.members {
-            if Some(k) == except {
-                continue;
-            }
-            let Some(c) = conns.get_mut(k as usize) else {
-                continue;
-            };
-            if c.sess.phase() != Phase::Open {
-                continue;
-            }
-            if c.out.is_some() && c.queued() + framed.len() > max_backlog {
-                slow.push((k, c.gen));
-                continue;
-            }
-            if c.cork(framed) {
-                dirty.push((k as usize, c.gen));
-            }
-            sent += 1;
-        }
-        m.messages_sent_total.add(sent);
-        m.outbound_queued_bytes.add(sent * framed.len() as u64);
-        while let Some((k, gen)) = self.slow.pop() {
-            if !self.live(k as usize, gen) {
-                continue;
-            }
-            self.m().slow_consumer_closes_total.inc();
-            log::debug!("loop {}: slow consumer {k}: {} bytes queued", self.id, self.conns[k as usize].queued());
-            if let Some(q) = self.conns[k as usize].out.as_mut() {
-                let dropped = q.drop_unstarted();
-                self.m().outbound_queued_bytes.sub(dropped as u64);
-            }
-            self.close_with(k as usize, codes::POLICY, "slow consumer: outbound queue over --max-backlog");
-        }
-    }
-
-    /// Write out what was corked this iteration: one flush (`writev`) per connection, however
-    /// many frames it collected. Sockets already waiting for a writable edge are left to it.
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &(key, gen) in &dirty {
-            if !self.live(key, gen) {
-                continue;
-            }
-            let c = &mut self.conns[key];
-            c.flags &= !flags::DIRTY;
-            if !c.has(flags::BLOCKED) {
-                self.on_writable(key);
-            }
-        }
-        dirty.clear();
-        self.dirty = dirty;
     }
 
     /// Start the closing handshake on an open connection (shutdown 1001, slow consumer 1008).
@@ -603,30 +778,55 @@ impl Worker {
         let sent = self.conns[key].send_slice(&self.cbuf);
         self.account(key, sent);
         if self.conns.contains(key) {
-            self.leave_ws(key);
+            self.leave_ws(key, false);
             self.arm(key, self.scfg.close_timeout);
         }
     }
 
-    /// The WebSocket is no longer open: leave the room and the open gauge (once).
-    fn leave_ws(&mut self, key: usize) {
+    /// The WebSocket is no longer open: leave its rooms and the open gauge (once). `clean`: the
+    /// client said goodbye (presence skips the grace period).
+    fn leave_ws(&mut self, key: usize, clean: bool) {
         let c = &mut self.conns[key];
-        if c.route == Route::None {
+        if !c.route.is_ws() {
             return;
         }
-        c.route = Route::None;
-        let seat = c.seat;
-        c.seat.room = NO_ROOM;
+        c.route = Route::Http;
+        let member = c.peer.is_some();
         self.m().websockets_open.sub(1);
-        if seat.room == NO_ROOM {
-            return;
+        if member {
+            self.rooms.leave_all(&mut self.conns, key, clean);
+            self.conns[key].peer = None;
+            self.m().rooms.set(self.rooms.len() as u64);
         }
-        if let Some(moved) = self.rooms.leave(&*self.fanout, self.id, seat) {
-            if let Some(mc) = self.conns.get_mut(moved as usize) {
-                mc.seat.pos = seat.pos;
+    }
+
+    /// Close the consumers the relay found slow, and drop connections whose socket broke.
+    fn close_slow_and_broken(&mut self) -> usize {
+        let mut n = 0;
+        for (key, gen) in self.relay.take_broken() {
+            if self.live(key, gen) {
+                self.drop_conn(key);
+                n += 1;
             }
         }
-        self.m().rooms.set(self.rooms.len() as u64);
+        for (key, gen) in self.relay.take_slow() {
+            if !self.live(key, gen) || self.conns[key].sess.phase() != Phase::Open {
+                continue;
+            }
+            self.close_slow(key);
+            n += 1;
+        }
+        n
+    }
+
+    fn close_slow(&mut self, key: usize) {
+        self.m().slow_consumer_closes_total.inc();
+        log::debug!("loop {}: slow consumer {key}: {} bytes queued", self.id, self.conns[key].queued());
+        if let Some(q) = self.conns[key].out.as_mut() {
+            let dropped = q.drop_unstarted();
+            self.shared.metrics.mine(self.id).outbound_queued_bytes.sub(dropped as u64);
+        }
+        self.close_with(key, codes::POLICY, "slow consumer: outbound queue over --max-backlog");
     }
 
     // ---- writing ----
@@ -662,11 +862,17 @@ impl Worker {
 
     /// After the WebSocket ended and everything is written: close now if the closing handshake
     /// completed; otherwise shut down our side and close once the peer has closed too (lingering
-    /// close, so a peer that is still sending reads our last bytes before any RST).
+    /// close, so a peer that is still sending reads our last bytes before any RST). An HTTP
+    /// connection whose client has closed its side is closed once its answers are out.
     fn settle(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        if c.sess.phase() != Phase::Linger || c.out.is_some() {
+        if c.out.is_some() {
             return;
+        }
+        match c.sess.phase() {
+            Phase::Linger => {}
+            Phase::Handshake if c.has(flags::PEER_EOF) && !c.has(flags::AWAITING) => return self.drop_conn(key),
+            _ => return,
         }
         if c.has(flags::CLOSE_WHEN_FLUSHED) {
             return self.drop_conn(key);
@@ -684,7 +890,7 @@ impl Worker {
         if !self.conns.contains(key) {
             return;
         }
-        self.leave_ws(key);
+        self.leave_ws(key, false);
         let c = self.conns.remove(key);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         let m = self.m();
@@ -730,10 +936,20 @@ impl Worker {
                     }
                 }
                 TimerAction::Idle => {}
+                TimerAction::Expired(Expiry::Heartbeat) if c.has(flags::READ_PAUSED) => {
+                    // Its pongs are unread because it lags behind what we send: a slow
+                    // consumer, told so with 1008, not a dead peer.
+                    self.close_slow(key);
+                }
                 TimerAction::Expired(why) => {
                     match why {
                         Expiry::Heartbeat => self.m().heartbeat_timeouts_total.inc(),
-                        Expiry::Handshake => self.m().handshake_failures_total.inc(),
+                        Expiry::Handshake => {
+                            // An idle keep-alive connection is not a failed handshake.
+                            if c.route != Route::KeepAlive || !c.sess.is_idle() {
+                                self.m().handshake_failures_total.inc();
+                            }
+                        }
                         Expiry::Closing | Expiry::Linger => {}
                     }
                     log::debug!("loop {}: dropping connection: {why:?} timeout", self.id);
@@ -745,17 +961,35 @@ impl Worker {
 
     // ---- mailbox ----
 
-    fn serve_mailbox(&mut self, inbox: &mut Vec<Command>) {
-        self.mailbox.drain(inbox);
+    /// Handle everything in the mailbox; returns how many commands there were.
+    fn serve_mailbox(&mut self) -> usize {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        self.mailbox.drain(&mut inbox);
+        let n = inbox.len();
         for cmd in inbox.drain(..) {
             match cmd {
-                Command::Deliver { room, frame } => {
-                    if let Some(idx) = self.rooms.by_id(room) {
-                        self.relay_local(idx, None, &frame);
-                    }
-                }
+                Command::Broker(ev) => self.on_broker(ev),
                 Command::Shutdown { drain } => self.begin_drain(drain),
             }
+        }
+        self.inbox = inbox;
+        n
+    }
+
+    fn on_broker(&mut self, ev: Event) {
+        let m = self.shared.metrics.mine(self.id);
+        match ev {
+            Event::Deliver { room, msg } => {
+                if msg.origin.is_some_and(|o| o.lp as usize != self.id) {
+                    m.cross_loop_deliveries_total.inc();
+                }
+                self.rooms.deliver(&mut self.conns, &mut self.relay, m, room, &msg);
+            }
+            Event::Presence { room, ev } => self.rooms.presence(&mut self.conns, &mut self.relay, m, room, &ev),
+            Event::Joined { to, room, result } => {
+                self.rooms.on_joined(&mut self.conns, &mut self.relay, m, to, room, result)
+            }
+            Event::Reply { to, id, reply } => self.on_reply(to, id, reply),
         }
     }
 
@@ -779,8 +1013,4 @@ impl Worker {
             }
         }
     }
-}
-
-fn plain(status: u16, body: &'static str) -> Decision {
-    Decision::Respond { status, headers: &[], body: Body::Text(body) }
 }

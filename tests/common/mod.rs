@@ -31,7 +31,7 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> Server {
         max_connections: 100_000,
         backlog: 4096,
         tick: Duration::from_millis(10),
-        steer_by_source_ip: None,
+        ..Config::default()
     };
     tweak(&mut cfg);
     Server::start(cfg).expect("server starts")
@@ -75,7 +75,7 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
 pub fn upgrade_request(addr: SocketAddr, target: &str) -> (Vec<u8>, String) {
     let key = handshake::encode_key(rand_bytes());
     let mut req = Vec::new();
-    handshake::write_client_request(&mut req, &addr.to_string(), target, &key);
+    handshake::write_client_request(&mut req, &addr.to_string(), target, &key, None);
     (req, key)
 }
 
@@ -102,7 +102,7 @@ impl RawWs {
         let mut chunk = [0u8; 4096];
         loop {
             match handshake::parse_response(&buf, &key) {
-                ParsedResponse::Complete { status: 101, accept_ok: true, len } => {
+                ParsedResponse::Complete { status: 101, accept_ok: true, len, .. } => {
                     buf.drain(..len);
                     break;
                 }
@@ -238,7 +238,7 @@ pub fn http(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
-    http(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+    http(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
 }
 
 /// The c100k binary, started with `args` (plus --listen 127.0.0.1:0), and the address it

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use c100k::proto::http::{self, Limits, Parsed};
 use c100k::proto::ws::decoder::{DecodeConfig, Decoder, Frame};
 use c100k::proto::ws::frame::{self, Control, Data, OpCode, Role};
-use c100k::proto::ws::handshake::{self, ParsedRequest};
+use c100k::proto::ws::handshake;
 use serde_json::Value;
 
 /// Run bench-client with `args` (plus --out and --quiet); return summary.json and the directory.
@@ -120,12 +121,12 @@ fn serve(mut s: TcpStream, id: u64, fault: Fault, counts: Arc<Counts>, members: 
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        if let ParsedRequest::Complete { req, len } = handshake::parse_request(&buf, 16384) {
+        if let Parsed::Complete { req, len, .. } = http::parse(&buf, Limits { max_head: 16384, max_body: 0 }) {
             break (len, handshake::check_upgrade(&req).expect("a valid upgrade"));
         }
     };
     let mut resp = Vec::new();
-    handshake::write_switching_protocols(&mut resp, &accept);
+    handshake::write_switching_protocols(&mut resp, &accept, None);
     s.write_all(&resp).unwrap();
     let mut pending = buf.split_off(len);
 

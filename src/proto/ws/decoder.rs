@@ -112,11 +112,6 @@ impl Decoder {
         self.st.is_none()
     }
 
-    /// Bytes held for incomplete input (for accounting and tests).
-    pub fn buffered(&self) -> usize {
-        self.st.as_ref().map_or(0, |p| p.hdr_len as usize + p.ctrl.len() + p.msg.as_ref().map_or(0, |m| m.data.len()))
-    }
-
     /// Decode the next frame or message from the front of `rest`, splitting the consumed bytes
     /// off it. Returns `Ok(None)` once `rest` is used up (an incomplete tail is kept internally).
     /// Masked payloads are unmasked in place. Returned payloads borrow the consumed part, so the

@@ -87,6 +87,17 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// The payload of an unmasked frame built by [`write_frame`] (skips its header).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header..).unwrap_or(&[])
+}
+
 /// Append a whole masked (client) frame to `out`, masking the payload with `key`.
 pub fn write_masked_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
     out.reserve(payload.len() + MAX_HEADER_LEN);
@@ -180,6 +191,16 @@ mod tests {
             let mut theirs = Vec::new();
             Frame::message(payload.clone(), OpCode::Data(Data::Text), true).format(&mut theirs).unwrap();
             assert_eq!(ours, theirs, "len {len}");
+        }
+    }
+
+    #[test]
+    fn payload_of_skips_every_header_size() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let payload = vec![b'y'; len];
+            let mut f = Vec::new();
+            write_frame(&mut f, OpCode::Data(Data::Text), &payload);
+            assert_eq!(payload_of(&f), &payload[..], "len {len}");
         }
     }
 

@@ -1,94 +1,11 @@
-//! The opening handshake (RFC 6455 §4), sans-IO: parse an HTTP/1.1 request or response from a
-//! byte buffer with `httparse`, validate the upgrade, and write responses into a caller's buffer.
+//! The opening handshake (RFC 6455 §4), sans-IO: validate an upgrade request parsed by
+//! [`crate::proto::http`], write the 101, and the client side (request, response check) for
+//! bench-client and the tests.
 //!
-//! Parsing borrows from the caller's buffer and allocates nothing; the accept key comes from
-//! tungstenite's `derive_accept_key`.
+//! The accept key comes from tungstenite's `derive_accept_key`.
 
+use crate::proto::http::{trim, Request, MAX_HEADERS};
 pub use tungstenite::handshake::derive_accept_key;
-
-/// Most headers we look at in one request or response; more is answered with 431.
-const MAX_HEADERS: usize = 64;
-
-/// A request head, borrowed from the input buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request<'b> {
-    pub method: &'b str,
-    pub path: &'b str,
-    pub query: Option<&'b str>,
-    /// HTTP/1.x minor version.
-    pub minor_version: u8,
-    pub has_host: bool,
-    /// `Upgrade` lists the `websocket` token.
-    pub upgrade_websocket: bool,
-    /// `Connection` lists the `upgrade` token.
-    pub connection_upgrade: bool,
-    pub ws_version: Option<&'b [u8]>,
-    pub ws_key: Option<&'b [u8]>,
-}
-
-/// Result of feeding a request buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ParsedRequest<'b> {
-    /// Need more bytes (the buffer is still below the size limit).
-    Partial,
-    /// A complete head of `len` bytes; anything after it belongs to the next protocol.
-    Complete { req: Request<'b>, len: usize },
-    /// Not HTTP we can serve: answer 400.
-    Malformed,
-    /// Head (or header count) over the limit: answer 431.
-    TooLarge,
-}
-
-/// Parse a request head from `buf`, which must not exceed `max_head` bytes before completion.
-pub fn parse_request(buf: &[u8], max_head: usize) -> ParsedRequest<'_> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Request::new(&mut headers);
-    let window = &buf[..buf.len().min(max_head)];
-    match r.parse(window) {
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= max_head {
-                ParsedRequest::TooLarge
-            } else {
-                ParsedRequest::Partial
-            }
-        }
-        Ok(httparse::Status::Complete(len)) => {
-            let target = r.path.unwrap_or("/");
-            let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (target, None),
-            };
-            let mut req = Request {
-                method: r.method.unwrap_or(""),
-                path,
-                query,
-                minor_version: r.version.unwrap_or(0),
-                has_host: false,
-                upgrade_websocket: false,
-                connection_upgrade: false,
-                ws_version: None,
-                ws_key: None,
-            };
-            for h in r.headers.iter() {
-                let name = h.name;
-                if name.eq_ignore_ascii_case("host") {
-                    req.has_host = true;
-                } else if name.eq_ignore_ascii_case("upgrade") {
-                    req.upgrade_websocket |= has_token(h.value, b"websocket");
-                } else if name.eq_ignore_ascii_case("connection") {
-                    req.connection_upgrade |= has_token(h.value, b"upgrade");
-                } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-                    req.ws_version = Some(trim(h.value));
-                } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-                    req.ws_key = Some(trim(h.value));
-                }
-            }
-            ParsedRequest::Complete { req, len }
-        }
-        Err(httparse::Error::TooManyHeaders) => ParsedRequest::TooLarge,
-        Err(_) => ParsedRequest::Malformed,
-    }
-}
 
 /// Why an upgrade request is refused, mapped to its HTTP answer (RFC 6455 §4.2.1, §4.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +14,17 @@ pub enum UpgradeError {
     NotUpgrade,
     /// `Sec-WebSocket-Version` is not 13: 426 with `Sec-WebSocket-Version: 13`.
     BadVersion,
-    /// Missing or malformed `Sec-WebSocket-Key`, missing Host, or HTTP/1.0: 400.
+    /// Missing or malformed `Sec-WebSocket-Key`, missing Host, a body, or HTTP/1.0: 400.
     BadRequest(&'static str),
+    /// Not GET: 405 with `Allow: GET`.
+    BadMethod,
 }
 
 /// Check a request as a WebSocket upgrade; on success return the `Sec-WebSocket-Accept` value.
 pub fn check_upgrade(req: &Request<'_>) -> Result<String, UpgradeError> {
+    if req.method != "GET" {
+        return Err(UpgradeError::BadMethod);
+    }
     if !req.upgrade_websocket {
         return Err(UpgradeError::NotUpgrade);
     }
@@ -112,8 +34,12 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<String, UpgradeError> {
     if req.minor_version < 1 {
         return Err(UpgradeError::BadRequest("WebSocket needs HTTP/1.1"));
     }
-    if !req.has_host {
+    if req.host.is_none() {
         return Err(UpgradeError::BadRequest("missing Host header"));
+    }
+    if req.has_body_headers {
+        // A body would be read as WebSocket frames (RFC 6455 §4.1: the handshake is a GET).
+        return Err(UpgradeError::BadRequest("an upgrade request has no body (Content-Length/Transfer-Encoding)"));
     }
     if req.ws_version != Some(b"13") {
         return Err(UpgradeError::BadVersion);
@@ -125,101 +51,59 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<String, UpgradeError> {
     }
 }
 
-/// A `Sec-WebSocket-Key` is 16 random bytes in base64: 22 base64 characters and `==`.
+/// A `Sec-WebSocket-Key` is 16 random bytes in base64: 22 base64 characters and `==`, the last
+/// character canonical (its 4 padding bits zero, RFC 4648 §3.5).
 pub fn is_valid_key(key: &[u8]) -> bool {
-    key.len() == 24 && key[22..] == *b"==" && key[..22].iter().all(|&c| BASE64.contains(&c))
+    let index = |c: u8| crate::proto::base64::ALPHABET.iter().position(|&b| b == c);
+    key.len() == 24
+        && key[22..] == *b"=="
+        && key[..22].iter().all(|&c| index(c).is_some())
+        && index(key[21]).is_some_and(|i| i & 0x0f == 0)
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Append the 101 response that completes the handshake.
-pub fn write_switching_protocols(out: &mut Vec<u8>, accept: &str) {
+/// Append the 101 response that completes the handshake, naming the chosen subprotocol if any.
+pub fn write_switching_protocols(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept.as_bytes());
+    if let Some(p) = protocol {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+        out.extend_from_slice(p.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
-}
-
-/// Append a complete HTTP/1.1 response that ends the connection (`Connection: close`).
-pub fn write_response(out: &mut Vec<u8>, status: u16, extra_headers: &[(&str, &str)], content_type: &str, body: &[u8]) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reason_phrase(status),
-        body.len()
-    );
-    for (k, v) in extra_headers {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-}
-
-/// Reason phrases for the statuses this crate sends.
-pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Does a comma-separated header value contain `token` (case-insensitive)?
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token))
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 // ---- client side (bench-client and tests) ----
 
 /// Encode 16 key bytes as a `Sec-WebSocket-Key` (standard base64, padded).
 pub fn encode_key(raw: [u8; 16]) -> String {
-    let mut s = String::with_capacity(24);
-    for chunk in raw.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
+    crate::proto::base64::encode(&raw)
 }
 
-/// Append a client upgrade request for `path_and_query` on `host`.
-pub fn write_client_request(out: &mut Vec<u8>, host: &str, path_and_query: &str, key: &str) {
+/// Append a client upgrade request for `path_and_query` on `host`, offering `protocol` if given.
+pub fn write_client_request(out: &mut Vec<u8>, host: &str, path_and_query: &str, key: &str, protocol: Option<&str>) {
     use std::io::Write;
     let _ = write!(
         out,
-        "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
     );
+    if let Some(p) = protocol {
+        let _ = write!(out, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParsedResponse {
     Partial,
-    /// `len` bytes of head; `accept_ok` says whether `Sec-WebSocket-Accept` matched the key.
+    /// `len` bytes of head; `accept_ok` says whether `Sec-WebSocket-Accept` matched the key;
+    /// `protocol` is the `Sec-WebSocket-Protocol` the server chose, if any.
     Complete {
         status: u16,
         accept_ok: bool,
+        protocol: Option<String>,
         len: usize,
     },
     Malformed,
@@ -233,11 +117,11 @@ pub fn parse_response(buf: &[u8], key: &str) -> ParsedResponse {
         Ok(httparse::Status::Partial) => ParsedResponse::Partial,
         Ok(httparse::Status::Complete(len)) => {
             let expected = derive_accept_key(key.as_bytes());
-            let accept_ok = r
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && trim(h.value) == expected.as_bytes());
-            ParsedResponse::Complete { status: r.code.unwrap_or(0), accept_ok, len }
+            let header =
+                |name: &str| r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| trim(h.value));
+            let accept_ok = header("sec-websocket-accept") == Some(expected.as_bytes());
+            let protocol = header("sec-websocket-protocol").map(|v| String::from_utf8_lossy(v).into_owned());
+            ParsedResponse::Complete { status: r.code.unwrap_or(0), accept_ok, protocol, len }
         }
         Err(_) => ParsedResponse::Malformed,
     }
@@ -246,14 +130,19 @@ pub fn parse_response(buf: &[u8], key: &str) -> ParsedResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::http::{parse, Limits, Parsed};
 
     const GOOD: &[u8] = b"GET /echo?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn complete(buf: &[u8]) -> (Request<'_>, usize) {
-        match parse_request(buf, 16 * 1024) {
-            ParsedRequest::Complete { req, len } => (req, len),
+        match parse(buf, Limits { max_head: 16 * 1024, max_body: 0 }) {
+            Parsed::Complete { req, len, .. } => (req, len),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn with(replace: &str, by: &str) -> String {
+        String::from_utf8_lossy(GOOD).replace(replace, by)
     }
 
     #[test]
@@ -266,38 +155,31 @@ mod tests {
     }
 
     #[test]
-    fn every_prefix_is_partial() {
-        for cut in 0..GOOD.len() {
-            assert_eq!(parse_request(&GOOD[..cut], 16 * 1024), ParsedRequest::Partial, "cut {cut}");
-        }
-    }
-
-    #[test]
     fn rejections() {
         let plain = b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(check_upgrade(&complete(plain).0), Err(UpgradeError::NotUpgrade));
-        let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
-        assert_eq!(check_upgrade(&complete(v8.as_bytes()).0), Err(UpgradeError::BadVersion));
-        let badkey = String::from_utf8_lossy(GOOD).replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
-        assert!(matches!(check_upgrade(&complete(badkey.as_bytes()).0), Err(UpgradeError::BadRequest(_))));
-        let nokey = String::from_utf8_lossy(GOOD).replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
-        assert!(matches!(check_upgrade(&complete(nokey.as_bytes()).0), Err(UpgradeError::BadRequest(_))));
-        let http10 = String::from_utf8_lossy(GOOD).replace("HTTP/1.1", "HTTP/1.0");
-        assert!(matches!(check_upgrade(&complete(http10.as_bytes()).0), Err(UpgradeError::BadRequest(_))));
+        let check = |s: String| check_upgrade(&complete(s.as_bytes()).0);
+        assert_eq!(check(with("Version: 13", "Version: 8")), Err(UpgradeError::BadVersion));
+        assert_eq!(check(with("GET", "PUT")), Err(UpgradeError::BadMethod));
+        assert!(matches!(check(with("dGhlIHNhbXBsZSBub25jZQ==", "short")), Err(UpgradeError::BadRequest(_))));
+        let nokey = with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        assert!(matches!(check(nokey), Err(UpgradeError::BadRequest(_))));
+        assert!(matches!(check(with("HTTP/1.1", "HTTP/1.0")), Err(UpgradeError::BadRequest(_))));
+        assert!(matches!(check(with("Host: a\r\n", "")), Err(UpgradeError::BadRequest(_))));
+        let body = with("Version: 13\r\n", "Version: 13\r\nContent-Length: 0\r\n");
+        assert!(matches!(check(body), Err(UpgradeError::BadRequest(_))));
     }
 
     #[test]
-    fn malformed_and_oversized() {
-        assert_eq!(parse_request(b"\x16\x03\x01garbage\r\n\r\n", 1024), ParsedRequest::Malformed);
-        let mut big = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
-        big.extend(std::iter::repeat_n(b'a', 20_000));
-        assert_eq!(parse_request(&big, 16 * 1024), ParsedRequest::TooLarge);
-        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..100 {
-            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    fn keys_must_be_canonical_base64_of_16_bytes() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        // 'R' carries non-zero padding bits: decodes to the same bytes but is not canonical.
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZR=="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
+        for raw in [[0u8; 16], [255; 16], *b"0123456789abcdef"] {
+            assert!(is_valid_key(encode_key(raw).as_bytes()));
         }
-        many.extend_from_slice(b"\r\n");
-        assert_eq!(parse_request(&many, 16 * 1024), ParsedRequest::TooLarge);
     }
 
     #[test]
@@ -306,29 +188,24 @@ mod tests {
         let key = encode_key([7; 16]);
         assert!(is_valid_key(key.as_bytes()));
         let mut req = Vec::new();
-        write_client_request(&mut req, "127.0.0.1:1", "/ws?room=a", &key);
+        write_client_request(&mut req, "127.0.0.1:1", "/ws?room=a", &key, Some("c100k.v1"));
         let (parsed, _) = complete(&req);
+        assert!(parsed.offers_protocol("c100k.v1"));
         let accept = check_upgrade(&parsed).unwrap();
         let mut resp = Vec::new();
-        write_switching_protocols(&mut resp, &accept);
+        write_switching_protocols(&mut resp, &accept, Some("c100k.v1"));
         assert_eq!(
             parse_response(&resp, &key),
-            ParsedResponse::Complete { status: 101, accept_ok: true, len: resp.len() }
+            ParsedResponse::Complete {
+                status: 101,
+                accept_ok: true,
+                protocol: Some("c100k.v1".into()),
+                len: resp.len()
+            }
         );
         assert!(matches!(
             parse_response(&resp, &encode_key([8; 16])),
             ParsedResponse::Complete { accept_ok: false, .. }
         ));
-    }
-
-    #[test]
-    fn error_response_is_complete_http() {
-        let mut out = Vec::new();
-        write_response(&mut out, 426, &[("Sec-WebSocket-Version", "13")], "text/plain", b"upgrade");
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
-        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
-        assert!(text.contains("Content-Length: 7\r\n"));
-        assert!(text.ends_with("\r\n\r\nupgrade"));
     }
 }

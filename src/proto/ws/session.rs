@@ -64,6 +64,17 @@ pub enum Ending {
     Failed(ProtoError),
 }
 
+/// What the driver does with the connection's timer after a phase change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// The entry already queued fires in time.
+    Keep,
+    /// Arm a new entry this many ticks ahead (older entries become stale).
+    After(u32),
+    /// No timer is needed: make queued entries stale.
+    Cancel,
+}
+
 /// What to do after a timer fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerAction {
@@ -119,21 +130,6 @@ impl Session {
         self.dec.is_idle()
     }
 
-    /// Bytes held for incomplete input.
-    pub fn buffered(&self) -> usize {
-        self.dec.buffered()
-    }
-
-    /// Tick the current phase (or the outstanding ping) started.
-    pub fn since(&self) -> u32 {
-        self.mark
-    }
-
-    /// Tick of the last received bytes.
-    pub fn last_rx(&self) -> u32 {
-        self.last_rx
-    }
-
     /// Buffer for a request head that arrived in pieces (see `Decoder::stash`).
     pub fn stash(&mut self) -> &mut Vec<u8> {
         self.dec.stash()
@@ -143,12 +139,32 @@ impl Session {
         self.dec.take_stash()
     }
 
-    /// The opening handshake succeeded: messages may flow.
-    pub fn open(&mut self, now: u32) {
+    /// The opening handshake succeeded: messages may flow. The handshake's timer is still
+    /// queued (due at the handshake deadline); this says whether the driver must arm another
+    /// one for an earlier heartbeat, or none at all.
+    pub fn open(&mut self, now: u32, cfg: &SessionConfig) -> Arm {
         debug_assert_eq!(self.phase, Phase::Handshake);
+        let queued_due = self.mark.wrapping_add(cfg.handshake_timeout);
         self.phase = Phase::Open;
         self.last_rx = now;
         self.mark = now;
+        if cfg.ping_interval == 0 {
+            Arm::Cancel
+        } else if queued_due.wrapping_sub(now) > cfg.ping_interval {
+            // Only a ping due before the queued entry fires needs a new entry (one per
+            // connection keeps the wheel small).
+            Arm::After(cfg.ping_interval)
+        } else {
+            Arm::Keep
+        }
+    }
+
+    /// An HTTP request was answered and the connection stays open for the next one: the
+    /// handshake timeout now limits how long it may stay idle.
+    pub fn restart_http(&mut self, now: u32) {
+        debug_assert_eq!(self.phase, Phase::Handshake);
+        self.mark = now;
+        self.last_rx = now;
     }
 
     /// End without a closing handshake (a rejected HTTP request, or a close we already sent):
@@ -339,8 +355,22 @@ mod tests {
 
     fn open(now: u32) -> Session {
         let mut s = Session::new_handshake(now);
-        s.open(now);
+        s.open(now, &CFG);
         s
+    }
+
+    #[test]
+    fn opening_says_which_timer_the_driver_needs() {
+        // Handshake entry due at 0 + 50; pings every 100: the queued entry comes first.
+        assert_eq!(Session::new_handshake(0).open(10, &CFG), Arm::Keep);
+        let short = SessionConfig { ping_interval: 20, ..CFG };
+        assert_eq!(Session::new_handshake(0).open(10, &short), Arm::After(20));
+        let off = SessionConfig { ping_interval: 0, ..CFG };
+        assert_eq!(Session::new_handshake(0).open(10, &off), Arm::Cancel);
+        // Keep-alive: the idle deadline restarts with each request.
+        let mut h = Session::new_handshake(0);
+        h.restart_http(40);
+        assert_eq!(h.on_timer(50, &mut Vec::new(), &CFG), TimerAction::Rearm(40));
     }
 
     fn close_code(payload: &[u8]) -> u16 {
@@ -357,7 +387,7 @@ mod tests {
         let ev = s.feed(&mut rest, 5, &mut out, &CFG);
         assert!(matches!(ev, Some(Event::Message { text: true, ref data }) if &data[..] == b"{}"));
         assert_eq!(frames(&out), vec![(OpCode::Control(Control::Pong), b"abc".to_vec())]);
-        assert_eq!(s.last_rx(), 5);
+        assert_eq!(s.last_rx, 5);
     }
 
     #[test]

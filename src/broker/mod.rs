@@ -1,0 +1,141 @@
+//! The broker: the one place that numbers a room's messages, keeps its history and presence, and
+//! tells every subscribed event loop what happened, in one order.
+//!
+//! Event loops send requests (subscribe, join, leave, publish, history, presence) and never wait:
+//! every outcome comes back as an [`Event`] posted to the loop's mailbox through a [`Sink`]. For a
+//! given room, a broker posts events to each loop in the room's order — messages in seq order, a
+//! join's result after every message up to the joiner's starting point and before every later one
+//! — which is what lets a loop add the member, replay history and go live with no gap and no
+//! duplicate. The in-memory broker ([`memory`]) is the embedded default; a Redis broker plugs in
+//! behind the same trait.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proto::v1::{ErrorCode, Position};
+use crate::rooms::history::Delta;
+use crate::rooms::members::RoomId;
+use crate::rooms::message::{ConnRef, Payload, PresenceEvent, RoomMessage};
+
+/// An event loop's index in this process.
+pub type LoopId = usize;
+
+/// A command's `id` (raw JSON text) to copy into its answer.
+pub type Tag = Option<Box<str>>;
+
+/// What a broker tells a loop.
+#[derive(Debug)]
+pub enum Event {
+    /// A room message for this loop's members (except its origin).
+    Deliver { room: RoomId, msg: Arc<RoomMessage> },
+    /// A presence change for members that asked for presence events.
+    Presence { room: RoomId, ev: Arc<PresenceEvent> },
+    /// The result of a join, in order with the room's messages.
+    Joined { to: ConnRef, room: RoomId, result: Joined },
+    /// The answer to a publish, history or presence request (or its failure).
+    Reply { to: ConnRef, id: Tag, reply: Reply },
+}
+
+/// Where a joining member starts.
+#[derive(Debug)]
+pub struct Joined {
+    /// The join command's id.
+    pub id: Tag,
+    pub epoch: Arc<str>,
+    /// The room's latest seq when the member joined: live messages after it follow.
+    pub top: u64,
+    /// `since` was honoured: `replay` holds exactly the messages after it, up to `top`.
+    pub recovered: bool,
+    pub replay: Vec<Arc<RoomMessage>>,
+}
+
+/// Answers to requests.
+#[derive(Debug)]
+pub enum Reply {
+    Published { room: Arc<str>, seq: u64, epoch: Arc<str> },
+    History { room: Arc<str>, epoch: Arc<str>, messages: Vec<Arc<RoomMessage>> },
+    Presence { room: Arc<str>, users: Vec<(Arc<str>, u32)> },
+    Error { code: ErrorCode, message: String },
+}
+
+/// How a broker reaches the event loops of this process.
+pub trait Sink: Send + Sync {
+    /// Post `ev` to loop `lp`. `wake`: the loop may be asleep (false when the caller is that
+    /// loop itself, which looks at its mailbox before it sleeps).
+    fn post(&self, lp: LoopId, ev: Event, wake: bool);
+}
+
+/// Process-wide gauges a broker keeps up to date (history held in memory).
+pub trait Gauges: Send + Sync {
+    fn history(&self, d: Delta);
+}
+
+/// Room settings shared by every broker.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Event loops in this process.
+    pub loops: usize,
+    /// Messages kept per room.
+    pub history_size: usize,
+    /// History is dropped this long after a room's last publish.
+    pub history_ttl: Duration,
+    /// A user whose last connection ended uncleanly stays present this long.
+    pub presence_grace: Duration,
+}
+
+/// A join request.
+#[derive(Debug)]
+pub struct Join<'a> {
+    pub lp: LoopId,
+    pub to: ConnRef,
+    pub room: &'a str,
+    pub user: &'a Arc<str>,
+    pub since: Option<Position>,
+    pub id: Tag,
+}
+
+/// A publish request.
+#[derive(Debug)]
+pub struct Publish<'a> {
+    /// The calling loop (or `None` off-loop).
+    pub lp: LoopId,
+    pub room: &'a str,
+    pub from: Arc<str>,
+    pub payload: Payload,
+    /// The publishing connection, left out of the fan-out.
+    pub origin: Option<ConnRef>,
+    /// Where the `published` answer goes, if anyone wants it.
+    pub ack: Option<(ConnRef, Tag)>,
+}
+
+/// A history or presence query.
+#[derive(Debug)]
+pub struct Query<'a> {
+    pub lp: LoopId,
+    pub to: ConnRef,
+    pub id: Tag,
+    pub room: &'a str,
+}
+
+/// The seam between the event loops and whatever keeps rooms (memory, Redis).
+pub trait Broker: Send + Sync + std::fmt::Debug {
+    /// Loop `lp` has its first member (or join in flight) in `room`: deliver the room's events
+    /// to it from now on. Returns the room's id for this subscription.
+    fn subscribe(&self, lp: LoopId, room: &str) -> RoomId;
+    /// Loop `lp` has no members left in `room`.
+    fn unsubscribe(&self, lp: LoopId, room: &str, id: RoomId);
+    /// A member joins (its loop is subscribed): answers with [`Event::Joined`].
+    fn join(&self, j: Join<'_>);
+    /// A member left `room`; `clean` (a `leave`, or close 1000/1001) skips the presence grace.
+    fn leave(&self, lp: LoopId, room: &str, user: &Arc<str>, clean: bool);
+    fn publish(&self, p: Publish<'_>);
+    /// Up to `limit` messages, after `since` (oldest first) or the newest.
+    fn history(&self, q: Query<'_>, since: Option<Position>, limit: usize);
+    fn presence(&self, q: Query<'_>);
+    /// Whether the broker can serve requests (for `/healthz`).
+    fn status(&self) -> Result<(), String>;
+    /// Stop background work (timers); called once at shutdown.
+    fn stop(&self) {}
+}

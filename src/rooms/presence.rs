@@ -1,0 +1,151 @@
+//! Who is in a room, with a connection count per user, and the grace period that keeps a network
+//! blip from flapping presence: when a user's last connection ends uncleanly (TCP dropped,
+//! heartbeat timeout), the user stays present for the grace period and is reported gone only if
+//! no connection of theirs comes back by then. A clean leave is reported at once.
+//!
+//! Pure bookkeeping: the caller supplies the time and turns the results into events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    conns: u32,
+    /// Set while the user has no connection: reported gone at this instant.
+    gone_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Presence {
+    users: HashMap<Arc<str>, Entry>,
+}
+
+/// What a leave means for the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// The user has other connections here.
+    Stays,
+    /// The user is gone now: report `presence_leave`.
+    Gone,
+    /// The user's last connection ended uncleanly: gone at this instant unless they return.
+    Grace(Instant),
+    /// The user was not present (a leave without a join).
+    Unknown,
+}
+
+impl Presence {
+    /// A connection of `user` joined. True when the user is newly present (report
+    /// `presence_join`); a return within the grace period is not news.
+    pub fn join(&mut self, user: &Arc<str>) -> bool {
+        match self.users.get_mut(user) {
+            Some(e) => {
+                e.conns += 1;
+                e.gone_at = None;
+                false
+            }
+            None => {
+                self.users.insert(user.clone(), Entry { conns: 1, gone_at: None });
+                true
+            }
+        }
+    }
+
+    /// A connection of `user` left, cleanly (`leave`, close 1000/1001) or not.
+    pub fn leave(&mut self, user: &str, clean: bool, now: Instant, grace: Duration) -> Leave {
+        let Some(e) = self.users.get_mut(user) else {
+            return Leave::Unknown;
+        };
+        if e.conns == 0 {
+            return Leave::Unknown;
+        }
+        e.conns -= 1;
+        if e.conns > 0 {
+            return Leave::Stays;
+        }
+        if clean || grace.is_zero() {
+            self.users.remove(user);
+            return Leave::Gone;
+        }
+        let at = now + grace;
+        e.gone_at = Some(at);
+        Leave::Grace(at)
+    }
+
+    /// Remove the users whose grace period is over by `now`, into `gone`.
+    pub fn expire(&mut self, now: Instant, gone: &mut Vec<Arc<str>>) {
+        self.users.retain(|u, e| {
+            let over = e.gone_at.is_some_and(|t| t <= now);
+            if over {
+                gone.push(u.clone());
+            }
+            !over
+        });
+    }
+
+    /// The earliest end of a grace period.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.users.values().filter_map(|e| e.gone_at).min()
+    }
+
+    /// Present users (those in their grace period included, with 0 connections), by name.
+    pub fn users(&self) -> Vec<(Arc<str>, u32)> {
+        let mut v: Vec<_> = self.users.iter().map(|(u, e)| (u.clone(), e.conns)).collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn counts_connections_per_user() {
+        let mut p = Presence::default();
+        let ann: Arc<str> = "ann".into();
+        let t = Instant::now();
+        assert!(p.join(&ann));
+        assert!(!p.join(&ann), "a second connection is not news");
+        assert_eq!(p.users(), vec![(ann.clone(), 2)]);
+        assert_eq!(p.leave("ann", false, t, GRACE), Leave::Stays);
+        assert_eq!(p.leave("ann", true, t, GRACE), Leave::Gone);
+        assert!(p.is_empty());
+        assert_eq!(p.leave("ann", true, t, GRACE), Leave::Unknown);
+    }
+
+    #[test]
+    fn an_unclean_leave_waits_out_the_grace_period() {
+        let mut p = Presence::default();
+        let bob: Arc<str> = "bob".into();
+        let t = Instant::now();
+        p.join(&bob);
+        assert_eq!(p.leave("bob", false, t, GRACE), Leave::Grace(t + GRACE));
+        assert_eq!(p.users(), vec![(bob.clone(), 0)], "still listed during grace");
+        assert_eq!(p.next_deadline(), Some(t + GRACE));
+        let mut gone = Vec::new();
+        p.expire(t + GRACE / 2, &mut gone);
+        assert!(gone.is_empty());
+        // Back within the grace period: no event at all, and the deadline is cancelled.
+        assert!(!p.join(&bob));
+        assert_eq!(p.next_deadline(), None);
+        p.expire(t + GRACE * 2, &mut gone);
+        assert!(gone.is_empty());
+        // Gone for good this time.
+        p.leave("bob", false, t, GRACE);
+        p.expire(t + GRACE, &mut gone);
+        assert_eq!(gone, vec![bob]);
+        assert!(p.is_empty());
+        assert_eq!(p.leave("x", false, t, Duration::ZERO), Leave::Unknown);
+    }
+}
