@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and CI (.ci/run) runs it:
 #   1. cargo test for the workspace: sans-IO unit tests, and integration tests over real loopback
-#      sockets (routes, close codes, rooms across loops, timers, backpressure, shutdown, 5,000
-#      idle connections, bench-client scenarios);
+#      sockets (routes, close codes, the v1 room protocol, resume, presence, auth, the server API,
+#      timers, backpressure, shutdown, 5,000 idle connections, bench-client scenarios), with a
+#      Python `websockets` client among them (scripts/setup-python.sh installs it);
 #   2. the Autobahn TestSuite fuzzingclient cases 1.* to 10.* against a release build;
 #   3. the kernel-profile checker (scripts/apply-sysctl.sh --check: reports, changes nothing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+C100K_PYTHON=$(./scripts/setup-python.sh)
+export C100K_PYTHON
 cargo test --workspace
 ./scripts/autobahn.sh
 ./scripts/apply-sysctl.sh --check

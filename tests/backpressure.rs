@@ -122,3 +122,77 @@ fn echo_peer_that_does_not_read_is_throttled_not_buffered() {
         assert_eq!(raw.recv(), Some(Msg::Binary(payload.clone())));
     }
 }
+
+#[test]
+fn a_fast_member_is_not_closed_by_a_burst_the_sender_blasts() {
+    // 200 messages of 32 KiB in one TCP stream (6.4 MB): the server reads a megabyte of them per
+    // loop iteration and corks them for the member, whose socket takes them as fast as it reads.
+    // Corked bytes were never offered to the socket, so they must not make it a slow consumer.
+    const N: usize = 200;
+    const SIZE: usize = 32 * 1024;
+    let srv = server(|c| c.max_publish_rate = 0);
+    let mut member = RawWs::connect(srv.local_addr(), "/ws?room=burst");
+    let mut sender = RawWs::connect(srv.local_addr(), "/ws?room=burst");
+    assert_eq!(member.sync(), vec![]);
+    let reader = std::thread::spawn(move || {
+        let mut got = 0;
+        while got < N {
+            match member.recv() {
+                Some(Msg::Binary(b)) => {
+                    assert_eq!(b.len(), SIZE);
+                    assert_eq!(b[0] as usize, got % 256, "in order");
+                    got += 1;
+                }
+                other => panic!("after {got} messages: {other:?}"),
+            }
+        }
+        got
+    });
+    let mut blast = Vec::with_capacity(N * (SIZE + 14));
+    for i in 0..N {
+        c100k::proto::ws::frame::write_masked_frame(
+            &mut blast,
+            c100k::proto::ws::frame::OpCode::Data(c100k::proto::ws::frame::Data::Binary),
+            &vec![(i % 256) as u8; SIZE],
+            [1, 2, 3, 4],
+        );
+    }
+    sender.raw(&blast);
+    assert_eq!(reader.join().expect("every message delivered"), N);
+    assert_eq!(srv.metrics().slow_consumer_closes_total, 0);
+}
+
+#[test]
+fn a_lagging_member_gets_1008_not_a_silent_heartbeat_drop() {
+    // A member that reads nothing while 10 MB wait for it (more than loopback's socket buffers
+    // take): its pongs go unanswered, but it is a consumer falling behind, so it is told with
+    // 1008 before TCP closes.
+    let srv = server(|c| {
+        c.max_backlog = 32 << 20; // only the heartbeat path can close it
+        c.ping_interval = Duration::from_millis(200);
+        c.pong_timeout = Duration::from_millis(300);
+        c.max_publish_rate = 0;
+    });
+    let mut lagging = RawWs::connect(srv.local_addr(), "/ws?room=lag");
+    let mut sender = RawWs::connect(srv.local_addr(), "/ws?room=lag");
+    let payload = vec![3u8; 32 * 1024];
+    for _ in 0..320 {
+        sender.binary(&payload);
+    }
+    // The sender keeps answering pings; the lagging member does not read at all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while srv.metrics().slow_consumer_closes_total == 0 {
+        assert!(std::time::Instant::now() < deadline, "never closed: {:?}", srv.metrics());
+        sender.sync();
+    }
+    assert_eq!(srv.metrics().heartbeat_timeouts_total, 0, "not counted as a dead peer");
+    let code = loop {
+        match lagging.recv() {
+            Some(Msg::Binary(b)) => assert_eq!(b.len(), payload.len()),
+            Some(Msg::Ping(_)) => {}
+            Some(Msg::Close(code, _)) => break code,
+            other => panic!("expected data then a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+}

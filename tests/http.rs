@@ -104,12 +104,14 @@ fn oversized_head_gets_431_even_while_the_client_keeps_sending() {
 #[test]
 fn head_split_over_many_packets_and_frames_right_behind_it() {
     let srv = server(|_| {});
-    let mut s = tcp(srv.local_addr());
+    let mut s = tcp(srv.local_addr()); // TCP_NODELAY: each piece is its own segment
     let (req, key) = upgrade_request(srv.local_addr(), "/echo");
+    let mut sent = 0;
     for chunk in req.chunks(7) {
         s.write_all(chunk).unwrap();
-        s.flush().unwrap();
-        std::thread::yield_now();
+        sent += chunk.len() as u64;
+        // The server has read this piece before the next is sent: a real split every time.
+        wait_for("the server read the piece", Duration::from_secs(5), || srv.metrics().bytes_received_total == sent);
     }
     // Read the 101, then check that the connection works.
     let mut ws = {
@@ -163,4 +165,60 @@ fn head_split_over_many_packets_and_frames_right_behind_it() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(text.contains(&c100k::proto::ws::handshake::derive_accept_key(key.as_bytes())));
+}
+
+#[test]
+fn strict_upgrade_rules_and_absolute_targets() {
+    let srv = server(|_| {});
+    let a = srv.local_addr();
+    let with = |extra: &str| upgrade("/echo", extra);
+    for (what, req, want) in [
+        ("repeated key", with("Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n"), 400),
+        (
+            "repeated version, 8 then 13",
+            String::from_utf8(upgrade("/echo", ""))
+                .unwrap()
+                .replace("Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Version: 13\r\n")
+                .into_bytes(),
+            400,
+        ),
+        ("repeated host", with("Host: other\r\n"), 400),
+        ("a body on the upgrade", with("Content-Length: 0\r\n"), 400),
+        ("chunked upgrade", with("Transfer-Encoding: chunked\r\n"), 400),
+        (
+            "non-canonical key",
+            String::from_utf8(upgrade("/echo", "")).unwrap().replace(KEY, "dGhlIHNhbXBsZSBub25jZR==").into_bytes(),
+            400,
+        ),
+        ("NUL in a room name", upgrade("/ws?room=a%00b", ""), 400),
+    ] {
+        let (status, head, _) = http(a, &req);
+        assert_eq!(status, want, "{what}: {head}");
+    }
+    // Absolute-form request targets (RFC 7230 §5.3.2) are served like origin-form ones.
+    let abs =
+        String::from_utf8(upgrade("/echo", "")).unwrap().replacen("GET /echo", &format!("GET http://{a}/echo"), 1);
+    assert_eq!(upgrade_answer(a, abs.as_bytes()).0, 101);
+}
+
+#[test]
+fn plain_requests_keep_the_connection_alive() {
+    let srv = server(|_| {});
+    let mut c = HttpConn::new(srv.local_addr());
+    for _ in 0..20 {
+        let r = c.request("GET", "/healthz", "", b"");
+        assert_eq!((r.status, r.body.as_slice()), (200, b"ok\n".as_slice()));
+        assert!(!r.closes());
+    }
+    assert!(c.request("GET", "/metrics", "", b"").body.starts_with(b"# HELP"));
+    let r = c.request("GET", "/nope", "", b"");
+    assert_eq!(r.status, 404);
+    assert!(!r.closes(), "a 404 for plain HTTP keeps the connection");
+    // An upgrade on a kept-alive connection works too.
+    let (req, _) = upgrade_request(srv.local_addr(), "/echo");
+    c.send(&req);
+    let mut ws = RawWs::from_upgraded(c.stream);
+    ws.text("after keep-alive");
+    assert_eq!(ws.recv(), Some(Msg::Text("after keep-alive".into())));
+    assert_eq!(srv.metrics().handshake_failures_total, 0);
 }

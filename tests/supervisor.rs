@@ -82,17 +82,22 @@ fn sigterm_drains_every_worker_then_exits_zero() {
     let status = bin.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
     for w in workers {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{w}")).exists() || is_zombie_of_reaped(w),
-            "worker {w} left behind"
-        );
+        assert!(!is_worker_of(w, bin.pid()), "worker {w} left behind");
     }
 }
 
-/// A worker pid may linger briefly as another process's zombie entry only if reused; treat a
-/// missing or non-c100k process as gone.
-fn is_zombie_of_reaped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).map_or(true, |c| !c.contains("c100k"))
+/// Whether process `pid` is (still) a worker of supervisor `parent`: its environment names the
+/// supervisor. A pid reused by any other process is not; a vanished one is not.
+fn is_worker_of(pid: i32, parent: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => {
+            let needle = format!("C100K_WORKER_PARENT={parent}");
+            env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes())
+        }
+        // A zombie has an empty environ; a gone process has no /proc entry.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => false,
+        Err(e) => panic!("cannot tell whether {pid} is gone: {e}"),
+    }
 }
 
 #[test]

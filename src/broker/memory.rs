@@ -180,6 +180,7 @@ impl Inner {
                             }),
                         });
                         map.insert(name, room.clone());
+                        self.gauges.rooms(1);
                         room
                     }
                 }
@@ -235,6 +236,7 @@ impl Inner {
         if st.unused() && st.history.is_empty() && now >= st.last_active + ttl {
             st.dead = true;
             map.remove(name);
+            self.gauges.rooms(-1);
             return;
         }
         drop(map);

@@ -70,6 +70,8 @@ pub trait Sink: Send + Sync {
 /// Process-wide gauges a broker keeps up to date (history held in memory).
 pub trait Gauges: Send + Sync {
     fn history(&self, d: Delta);
+    /// Rooms the broker holds state for (`+1` created, `-1` forgotten).
+    fn rooms(&self, d: i64);
 }
 
 /// Room settings shared by every broker.

@@ -223,6 +223,10 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         return Parsed::Error(err(400, "both Content-Length and Transfer-Encoding"));
     }
     req.has_body_headers = transfer_encoding || content_length.is_some();
+    if req.upgrade_websocket && req.has_body_headers {
+        // Refused by the upgrade rules without waiting for a body that may never come.
+        return Parsed::Complete { req, body: Body::Empty, len: head_len };
+    }
     let rest = &buf[head_len..];
     if chunked {
         return match decode_chunked(rest, limits.max_body) {

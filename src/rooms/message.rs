@@ -128,12 +128,17 @@ impl RoomMessage {
         out
     }
 
-    /// Bytes this message holds (payload, names, and encodings built so far), for accounting.
+    /// Bytes this message holds once its wire forms are built (the payload, the raw frame and
+    /// the v1 frame with its envelope), for accounting. A function of the lengths only, so the
+    /// same before and after encoding: what is added to a gauge is what is taken off it.
     pub fn size(&self) -> usize {
+        const ENVELOPE: usize = 96; // frame headers, field names, seq and ts digits
         std::mem::size_of::<Self>()
-            + self.payload.len()
-            + self.from.len()
-            + self.enc.iter().filter_map(OnceLock::get).map(Bytes::len).sum::<usize>()
+            + 3 * self.payload.len()
+            + 2 * self.from.len()
+            + self.room.len()
+            + self.epoch.len()
+            + ENVELOPE
     }
 }
 
@@ -184,7 +189,9 @@ mod tests {
             v,
             serde_json::json!({"op":"msg","room":"room","seq":7,"epoch":"ep","from":"ann","ts":1234,"data":{"a":1}})
         );
-        assert!(m.size() > raw.len());
+        assert!(m.size() > raw.len() + m.frame(Wire::V1).len(), "counts both encodings");
+        let fresh = msg(Payload::Json(r#"{"a":1}"#.into()));
+        assert_eq!(fresh.size(), m.size(), "the same before encoding");
     }
 
     #[test]

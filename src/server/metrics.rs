@@ -82,6 +82,7 @@ metrics! {
     api_requests_total: "counter", "Server API requests answered (/api/...).";
     history_messages: "gauge", "Room messages held in history by this server's broker.";
     history_bytes: "gauge", "Bytes of room history held by this server's broker.";
+    broker_rooms: "gauge", "Rooms this server's broker holds state for (members, presence or history).";
 }
 
 /// Render a snapshot in the Prometheus text exposition format (version 0.0.4).

@@ -174,6 +174,10 @@ impl Gauges for BrokerGauges {
         m.history_messages.add_shared(d.messages);
         m.history_bytes.add_shared(d.bytes);
     }
+
+    fn rooms(&self, d: i64) {
+        self.0.mine(0).broker_rooms.add_shared(d);
+    }
 }
 
 const LISTENER: Token = Token(usize::MAX);

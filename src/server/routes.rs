@@ -212,17 +212,6 @@ fn websocket(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
     if let Err(r) = ctx.auth.check_origin(req.origin) {
         return refusal(r);
     }
-    let v1 = req.path == "/ws" && req.offers_protocol(v1::SUBPROTOCOL);
-    let kind = if req.path == "/echo" {
-        WsKind::Echo
-    } else if v1 {
-        WsKind::V1
-    } else {
-        match room_param(req) {
-            Ok(room) => WsKind::Raw { room },
-            Err(why) => return refuse(400, Vec::new(), why),
-        }
-    };
     let token = match req.query_param("token") {
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => return refuse(400, Vec::new(), "token: invalid percent-encoding"),
@@ -237,6 +226,18 @@ fn websocket(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
         Ok(id) => id,
         Err(r) => return refusal(r),
     };
+    let v1 = req.path == "/ws" && req.offers_protocol(v1::SUBPROTOCOL);
+    let kind = if req.path == "/echo" {
+        WsKind::Echo
+    } else if v1 {
+        WsKind::V1
+    } else {
+        match room_param(req) {
+            Ok(room) => WsKind::Raw { room },
+            Err(why) => return refuse(400, Vec::new(), why),
+        }
+    };
+
     if let WsKind::Raw { room } = &kind {
         if !identity.may_join(room) {
             return refuse(403, Vec::new(), format!("this token may not join room {room:?}"));

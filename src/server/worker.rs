@@ -936,9 +936,9 @@ impl Worker {
                     }
                 }
                 TimerAction::Idle => {}
-                TimerAction::Expired(Expiry::Heartbeat) if c.has(flags::READ_PAUSED) => {
-                    // Its pongs are unread because it lags behind what we send: a slow
-                    // consumer, told so with 1008, not a dead peer.
+                TimerAction::Expired(Expiry::Heartbeat) if c.has(flags::READ_PAUSED) || c.queued() >= PAUSE_READ_AT => {
+                    // It lags behind what we send (and its pongs may sit unread behind our
+                    // read pause): a slow consumer, told so with 1008, not a dead peer.
                     self.close_slow(key);
                 }
                 TimerAction::Expired(why) => {

@@ -73,9 +73,13 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
 }
 
 pub fn upgrade_request(addr: SocketAddr, target: &str) -> (Vec<u8>, String) {
+    upgrade_request_with(addr, target, None)
+}
+
+pub fn upgrade_request_with(addr: SocketAddr, target: &str, protocol: Option<&str>) -> (Vec<u8>, String) {
     let key = handshake::encode_key(rand_bytes());
     let mut req = Vec::new();
-    handshake::write_client_request(&mut req, &addr.to_string(), target, &key, None);
+    handshake::write_client_request(&mut req, &addr.to_string(), target, &key, protocol);
     (req, key)
 }
 
@@ -93,16 +97,26 @@ impl RawWs {
         Self::over(tcp(addr), addr, target)
     }
 
+    /// Connect to `/ws` + `query` speaking `c100k.v1`; checks the server chose it.
+    pub fn v1(addr: SocketAddr, query: &str) -> RawWs {
+        Self::handshake(tcp(addr), addr, &format!("/ws{query}"), Some("c100k.v1"))
+    }
+
     /// Complete the handshake over an already connected stream.
-    pub fn over(mut stream: TcpStream, addr: SocketAddr, target: &str) -> RawWs {
+    pub fn over(stream: TcpStream, addr: SocketAddr, target: &str) -> RawWs {
+        Self::handshake(stream, addr, target, None)
+    }
+
+    fn handshake(mut stream: TcpStream, addr: SocketAddr, target: &str, protocol: Option<&str>) -> RawWs {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let (req, key) = upgrade_request(addr, target);
+        let (req, key) = upgrade_request_with(addr, target, protocol);
         stream.write_all(&req).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
             match handshake::parse_response(&buf, &key) {
-                ParsedResponse::Complete { status: 101, accept_ok: true, len, .. } => {
+                ParsedResponse::Complete { status: 101, accept_ok: true, len, protocol: chosen } => {
+                    assert_eq!(chosen.as_deref(), protocol, "the server's Sec-WebSocket-Protocol");
                     buf.drain(..len);
                     break;
                 }
@@ -114,6 +128,22 @@ impl RawWs {
             buf.extend_from_slice(&chunk[..n]);
         }
         RawWs { stream, dec: Decoder::default(), buf, queue: Default::default() }
+    }
+
+    /// Take over a stream whose upgrade request was just sent: read the 101, then frames.
+    pub fn from_upgraded(mut stream: TcpStream) -> RawWs {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                assert!(buf.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&buf));
+                buf.drain(..end + 4);
+                return RawWs { stream, dec: Decoder::default(), buf, queue: Default::default() };
+            }
+            let n = stream.read(&mut chunk).expect("reading the 101");
+            assert!(n > 0, "EOF during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        }
     }
 
     pub fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
@@ -199,6 +229,46 @@ impl RawWs {
         }
     }
 
+    /// Send a JSON value as a text message.
+    pub fn send_json(&mut self, v: &serde_json::Value) {
+        self.text(&v.to_string());
+    }
+
+    /// The next text message as JSON (pings and pongs skipped). Panics on anything else.
+    pub fn recv_json(&mut self) -> serde_json::Value {
+        loop {
+            match self.recv() {
+                Some(Msg::Text(t)) => return serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
+                Some(Msg::Ping(_) | Msg::Pong(_)) => continue,
+                other => panic!("expected a JSON text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next message whose `op` is `op`; others are returned too, in `skipped`.
+    pub fn recv_op(&mut self, op: &str) -> serde_json::Value {
+        loop {
+            let v = self.recv_json();
+            if v["op"] == op {
+                return v;
+            }
+            assert!(v["op"] != "error", "unexpected error while waiting for {op}: {v}");
+        }
+    }
+
+    /// Send a command and return its reply (`joined`, `published`, … or `error`).
+    pub fn call(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        let id = cmd["id"].clone();
+        assert!(!id.is_null(), "give the command an id");
+        self.send_json(&cmd);
+        loop {
+            let v = self.recv_json();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
     /// Round-trip a ping: proves everything the server wrote before it has been read, and
     /// returns those messages.
     pub fn sync(&mut self) -> Vec<Msg> {
@@ -235,6 +305,109 @@ pub fn http(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
     let body = all[head.len() + 4..].to_vec();
     (status, head.to_string(), body)
+}
+
+/// A keep-alive HTTP/1.1 client: one TCP connection, many requests.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response read by [`HttpConn`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn closes(&self) -> bool {
+        self.head.to_ascii_lowercase().contains("connection: close")
+    }
+}
+
+impl HttpConn {
+    pub fn new(addr: SocketAddr) -> HttpConn {
+        HttpConn { stream: tcp(addr), buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    /// `METHOD path` with optional headers (each ending in CRLF) and body.
+    pub fn request(&mut self, method: &str, path: &str, headers: &str, body: &[u8]) -> HttpResponse {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{headers}").into_bytes();
+        if !body.is_empty() || method == "POST" {
+            req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        self.send(&req);
+        self.response()
+    }
+
+    /// Read one response (its body by Content-Length).
+    pub fn response(&mut self) -> HttpResponse {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("Content-Length");
+                if self.buf.len() >= end + 4 + len {
+                    let body = self.buf[end + 4..end + 4 + len].to_vec();
+                    self.buf.drain(..end + 4 + len);
+                    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+                    return HttpResponse { status, head, body };
+                }
+            }
+            let n = self.stream.read(&mut chunk).expect("reading a response");
+            assert!(n > 0, "EOF before a complete response: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True when the server closes the connection (EOF) with nothing more to read.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        self.buf.is_empty() && matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// Send an upgrade request and read the answer's head: for a 101 only the head (the WebSocket
+/// stays open until dropped), for a refusal the whole response up to the server's close.
+/// Returns (status, head and body as text).
+pub fn upgrade_answer(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = tcp(addr);
+    s.write_all(request).unwrap();
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("reading the answer: {e} (got {:?})", String::from_utf8_lossy(&all)),
+        };
+        all.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&all).into_owned();
+        if let Some((head, _)) = text.split_once("\r\n\r\n") {
+            let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+            if status == 101 || n == 0 {
+                return (status, text);
+            }
+        }
+        assert!(n > 0, "EOF before a response: {text:?}");
+    }
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
@@ -303,6 +476,23 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A JWT signed with `secret` (HS256) carrying `claims`.
+pub fn jwt(secret: &[u8], claims: serde_json::Value) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Drop a connection the way a crashed client or a dead network does: no close frame, an RST.
+pub fn kill(ws: RawWs) {
+    socket2::SockRef::from(&ws.stream).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(ws);
 }
 
 /// One metric from /metrics (exact name, labels included).
