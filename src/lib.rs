@@ -1,8 +1,16 @@
 //! c100k: a WebSocket server for 100K–1M concurrent connections on one host.
 //!
-//! Layers, bottom up: [`proto`] (sans-IO RFC 6455: handshake, frames, sessions), [`timer`] (the
-//! hashed timer wheel), [`limits`] (file-descriptor limits), and [`server`] (per-core mio loops,
-//! rooms, metrics). bench-client reuses the first three.
+//! Floors, bottom up (each imports only from the floors below it):
+//! - [`proto`] (sans-IO: HTTP/1.1 requests, RFC 6455, the `c100k.v1` JSON protocol), [`net`]
+//!   (outbound queue, mailbox, counters, descriptor limits), [`timer`] (the hashed wheel) and
+//!   [`auth`] (JWTs, permissions, origins);
+//! - [`rooms`]: the numbered message and its cached encodings, history, presence, one loop's
+//!   member lists;
+//! - [`broker`]: the trait the loops talk to, and the in-memory broker;
+//! - [`server`]: the event loops and what they serve;
+//! - [`cli`], [`supervisor`] and the binary.
+//!
+//! bench-client uses `proto`, `net` and `timer` only.
 
 pub mod auth;
 pub mod broker;

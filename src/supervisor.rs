@@ -58,7 +58,14 @@ pub fn worker_role() -> Option<Result<WorkerRole, String>> {
         if nix::unistd::getppid().as_raw() != parent {
             return Err("the supervisor is already gone".to_string());
         }
-        // SAFETY: the supervisor passed this descriptor (inherited across exec) for this purpose.
+        // The descriptor must be open (a worker started by hand with a stale environment would
+        // otherwise map whatever file has that number).
+        // SAFETY: F_GETFD on any number only reads the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(format!("metrics descriptor {fd} is not open"));
+        }
+        // SAFETY: the supervisor passed this descriptor (inherited across exec) for this purpose,
+        // and it is open (checked above).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let metrics = MetricsStore::attach(fd, index).map_err(|e| format!("metrics region: {e}"))?;
         Ok(WorkerRole { index, listen, metrics })
@@ -101,22 +108,33 @@ fn supervise(listen: SocketAddr, processes: usize, threads: usize, drain: Durati
     }
     // Announce the address only once every worker's loops accept connections.
     let ready_by = Instant::now() + Duration::from_secs(30);
-    while store.loops_listening() < (processes * threads) as u64 {
+    let mut stopping: Option<Instant> = None;
+    while stopping.is_none() && store.loops_listening() < (processes * threads) as u64 {
         if Instant::now() >= ready_by {
             kill_all(&slots, Signal::SIGKILL);
             return Err("the workers did not start listening within 30 s".into());
         }
-        if wait_signal(&signals, Duration::from_millis(10)) == Some(Signal::SIGCHLD) {
-            kill_all(&slots, Signal::SIGKILL);
-            return Err("a worker exited during start-up (see its log above)".into());
+        match wait_signal(&signals, Duration::from_millis(10)) {
+            Some(Signal::SIGCHLD) => {
+                kill_all(&slots, Signal::SIGKILL);
+                return Err("a worker exited during start-up (see its log above)".into());
+            }
+            // Stopped while starting: drain like any other stop instead of losing the signal.
+            Some(sig @ (Signal::SIGINT | Signal::SIGTERM)) => {
+                log::info!("supervisor: {sig:?} during start-up: stopping the workers");
+                stopping = Some(Instant::now() + drain + Duration::from_secs(5));
+                kill_all(&slots, Signal::SIGTERM);
+            }
+            _ => {}
         }
     }
-    log::info!(
-        "c100k listening on {addr} with {processes} worker processes × {threads} event loops; \
-         rooms span one process (no cross-process fan-out yet); /metrics on any worker reports the whole server"
-    );
+    if stopping.is_none() {
+        log::info!(
+            "c100k listening on {addr} with {processes} worker processes × {threads} event loops; \
+             rooms span one process (no cross-process fan-out yet); /metrics on any worker reports the whole server"
+        );
+    }
 
-    let mut stopping: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let next = slots.iter().filter_map(|s| s.restart_at).chain(stopping).min();
@@ -204,7 +222,10 @@ fn spawn(exe: &std::path::Path, index: usize, addr: SocketAddr, fd: &OwnedFd) ->
             }
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
             Ok(())
         });
     }

@@ -16,7 +16,8 @@ pub struct Entry {
     pub id: u32,
 }
 
-/// The wheel. Ticks are whatever unit the owner chooses (the server uses 10 ms).
+/// The wheel. Ticks are whatever unit the owner chooses (the server: 1/20 of its shortest
+/// timeout, 1–100 ms; bench-client: 10 ms).
 #[derive(Debug)]
 pub struct Wheel {
     slots: Vec<Vec<Entry>>,

@@ -64,33 +64,66 @@ pub enum Cmd {
         common: Common,
     },
     /// Room broadcast: --members spread over --rooms, --senders publish at --rate in total;
-    /// every member records delivery latency and per-sender sequence numbers reveal lost,
-    /// duplicated and out-of-order deliveries.
+    /// every member records delivery latency; loss, duplicates and order are checked from
+    /// per-sender sequence numbers (seed mode) or from the server's seq (--protocol v1).
     Broadcast {
-        /// URL template; {room} becomes the room number.
-        #[arg(long, default_value = "ws://127.0.0.1:8080/ws?room={room}")]
-        url: String,
-        #[arg(long, default_value_t = 100)]
-        members: u32,
-        #[arg(long, default_value_t = 1)]
-        rooms: u32,
-        /// The first --senders members publish.
-        #[arg(long, default_value_t = 1)]
-        senders: u32,
-        /// Messages per second over all senders.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        #[arg(long, default_value = "10", value_parser = secs)]
-        duration: Duration,
-        /// Payload size in bytes (JSON; at least what the stamp needs).
-        #[arg(long, default_value_t = 128)]
-        size: usize,
-        /// The server also delivers each message back to its sender.
-        #[arg(long)]
-        includes_sender: bool,
+        #[command(flatten)]
+        room: RoomArgs,
+        /// The room protocol: `raw` (seed mode: JSON text relayed as is) or `v1` (c100k.v1:
+        /// join, publish, numbered messages; checked gap-free from the server's seq).
+        #[arg(long, value_enum, default_value_t = Protocol::Raw)]
+        protocol: Protocol,
         #[command(flatten)]
         common: Common,
     },
+    /// v1 resume under load: like `broadcast --protocol v1`, and every member that does not
+    /// send drops its TCP connection every --every seconds (staggered) and comes back with
+    /// `since`; reports reconnects, recovered ones, messages replayed, loss and resume time.
+    Resume {
+        #[command(flatten)]
+        room: RoomArgs,
+        /// Seconds between a member's drops.
+        #[arg(long, default_value = "2", value_parser = secs)]
+        every: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// The room protocol of a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Raw,
+    V1,
+}
+
+/// What every room scenario takes.
+#[derive(Debug, Args)]
+pub struct RoomArgs {
+    /// URL template; {room} becomes the room number (v1 members join the room of that name).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?room={room}")]
+    url: String,
+    /// Members in all.
+    #[arg(long, default_value_t = 100)]
+    members: u32,
+    /// Rooms the members are spread over (member i is in room i mod --rooms).
+    #[arg(long, default_value_t = 1)]
+    rooms: u32,
+    /// The first --senders members publish.
+    #[arg(long, default_value_t = 1)]
+    senders: u32,
+    /// Messages per second over all senders.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value = "10", value_parser = secs)]
+    duration: Duration,
+    /// Payload size in bytes (JSON; at least what the stamp needs).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// The server also delivers each message back to its sender (seed mode only).
+    #[arg(long)]
+    includes_sender: bool,
 }
 
 /// Options every scenario takes.
@@ -151,18 +184,15 @@ impl Cli {
                                 "duration_seconds": duration.as_secs_f64(), "binary": binary });
                 ("echo", url, conns, duration, Scenario::Echo { size, load, binary }, common, p, None)
             }
-            Cmd::Broadcast { url, members, rooms, senders, rate, duration, size, includes_sender, common } => {
-                if rooms == 0 || senders == 0 || senders > members || members < 2 {
-                    return Err("need --members >= 2, --rooms >= 1 and 1 <= --senders <= --members".into());
-                }
-                if !url.contains("{room}") && rooms > 1 {
-                    return Err("--url needs a {room} placeholder when --rooms > 1".into());
-                }
-                let p = json!({ "url": url, "members": members, "rooms": rooms, "senders": senders, "rate": rate,
-                                "duration_seconds": duration.as_secs_f64(), "size": size,
-                                "includes_sender": includes_sender });
-                let s = Scenario::Broadcast { rooms, senders, rate, size, includes_sender };
+            Cmd::Broadcast { room, protocol, common } => {
+                let (p, s, url, members, duration) = room.plan(protocol == Protocol::V1, 0)?;
                 ("broadcast", url, members, duration, s, common, p, None)
+            }
+            Cmd::Resume { room, every, common } => {
+                let every_ms = (every.as_millis() as u64).max(1);
+                let (mut p, s, url, members, duration) = room.plan(true, every_ms)?;
+                p["every_seconds"] = every.as_secs_f64().into();
+                ("resume", url, members, duration, s, common, p, None)
             }
         };
         let target = Target::parse(&url)?;
@@ -197,6 +227,31 @@ impl Cli {
             quiet: common.quiet,
             parameters,
         })
+    }
+}
+
+impl RoomArgs {
+    /// The scenario, its parameters for the report, and the URL, connections and duration.
+    fn plan(
+        self,
+        v1: bool,
+        resume_every_ms: u64,
+    ) -> Result<(serde_json::Value, Scenario, String, u32, Duration), String> {
+        let RoomArgs { url, members, rooms, senders, rate, duration, size, includes_sender } = self;
+        if rooms == 0 || senders == 0 || senders > members || members < 2 {
+            return Err("need --members >= 2, --rooms >= 1 and 1 <= --senders <= --members".into());
+        }
+        if !url.contains("{room}") && rooms > 1 && !v1 {
+            return Err("--url needs a {room} placeholder when --rooms > 1".into());
+        }
+        if v1 && includes_sender {
+            return Err("--includes-sender is for the seed mode (v1 never sends a member its own messages)".into());
+        }
+        let p = json!({ "url": url, "members": members, "rooms": rooms, "senders": senders, "rate": rate,
+                        "duration_seconds": duration.as_secs_f64(), "size": size,
+                        "includes_sender": includes_sender, "protocol": if v1 { "v1" } else { "raw" } });
+        let s = Scenario::Broadcast { rooms, senders, rate, size, includes_sender, v1, resume_every_ms };
+        Ok((p, s, url, members, duration))
     }
 }
 

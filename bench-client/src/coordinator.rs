@@ -127,7 +127,8 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
     }
 
     let includes_sender = matches!(r.scenario, Scenario::Broadcast { includes_sender: true, .. });
-    let fig = report::figures(&total, r.name, includes_sender);
+    let v1 = matches!(r.scenario, Scenario::Broadcast { v1: true, .. });
+    let fig = report::figures(&total, r.name, includes_sender, v1);
     let info = report::RunInfo {
         scenario: r.name.to_string(),
         command,

@@ -29,7 +29,8 @@ use crate::clock::now_ns;
 use crate::job::{Job, Load, Scenario};
 use crate::net::{self, Failure};
 use crate::payload::{self, Arrival, SeqTrack, Stamp};
-use crate::stats::{record_ns, Outcome};
+use crate::stats::{record_ns, Outcome, H_CONNECT, H_DELIVERY, H_HANDSHAKE, H_RESUME, H_RTT, H_SEND_LAG};
+use crate::v1;
 
 pub const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 * 1024;
@@ -40,6 +41,8 @@ const CLOSE_GRACE_NS: u64 = 2_000_000_000;
 const QUIET_NS: u64 = 500_000_000;
 /// Sends per loop iteration at most, so a catch-up burst does not starve reads.
 const SEND_BURST: u64 = 4096;
+/// A response head larger than this is not a WebSocket server's answer.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// Coordinator commands, relayed by the worker's main thread.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +68,8 @@ pub struct Live {
 enum State {
     Connecting,
     Upgrading,
+    /// v1: the 101 is in, the join is sent, `joined` not yet.
+    Joining,
     Open,
     Closing,
 }
@@ -77,6 +82,8 @@ struct Conn {
     timer: u32,
     /// Position in `Engine::open` while open.
     open_pos: u32,
+    /// Position in `Engine::senders`, for a sender.
+    sender_pos: u32,
     state: State,
     /// When the current step (connect, upgrade) began, ns.
     t_mark: u64,
@@ -132,6 +139,10 @@ pub struct Engine {
     interval_ns: f64,
     window_started: bool,
     trackers: HashMap<(u32, u32), SeqTrack>,
+    /// v1: each member's view of its room, by connection index (kept across reconnects).
+    members: HashMap<u32, v1::Member>,
+    /// v1 resume: connection indices dropped on purpose, with when (ns), to reconnect.
+    resuming: HashMap<u32, u64>,
     last_rx: u64,
     next_gen: u32,
     next_timer: u32,
@@ -185,6 +196,8 @@ impl Engine {
             interval_ns: 0.0,
             window_started: false,
             trackers: HashMap::new(),
+            members: HashMap::new(),
+            resuming: HashMap::new(),
             last_rx: 0,
             next_gen: 0,
             next_timer: 0,
@@ -243,6 +256,9 @@ impl Engine {
         for k in stragglers {
             self.remove(k);
         }
+        for m in self.members.values() {
+            self.out.v1_rooms.add_member(m);
+        }
         self.out.run_end = self.out.run_end.max(self.t0);
         self.out
     }
@@ -287,7 +303,9 @@ impl Engine {
             }
             let Some(idx) = self.todo.pop() else { break };
             self.connects_started += 1;
-            self.out.attempted += 1;
+            if !self.resuming.contains_key(&idx) {
+                self.out.attempted += 1;
+            }
             let src = (!self.job.sources.is_empty()).then(|| self.job.sources[idx as usize % self.job.sources.len()]);
             let stream = match net::start_connect(src, self.job.target.addr) {
                 Ok(s) => s,
@@ -315,6 +333,7 @@ impl Engine {
                 gen,
                 timer: 0,
                 open_pos: u32::MAX,
+                sender_pos: u32::MAX,
                 state: State::Connecting,
                 t_mark: now,
                 sess: Session::new_open(0),
@@ -379,20 +398,32 @@ impl Engine {
             Err(e) => return self.fail(key, Failure::from_io(&e)),
         }
         let now = now_ns();
-        record_ns(&mut self.out.hist[0], now - c.t_mark);
+        record_ns(&mut self.out.hist[H_CONNECT], now - c.t_mark);
         c.t_mark = now;
         c.state = State::Upgrading;
         let idx = c.idx;
         let path = self.job.target.path_for(self.job.room_of(idx));
         let key_str = self.key_for(idx);
         self.wbuf.clear();
-        handshake::write_client_request(&mut self.wbuf, &self.job.target.host, &path, &key_str, None);
+        let protocol = self.v1().then_some(c100k::proto::v1::SUBPROTOCOL);
+        handshake::write_client_request(&mut self.wbuf, &self.job.target.host, &path, &key_str, protocol);
         self.send_wbuf(key);
     }
 
     fn fail(&mut self, key: usize, f: Failure) {
-        self.count_failure(f);
+        let idx = self.conns[key].idx;
+        if self.resuming.remove(&idx).is_some() {
+            // A reconnect that failed: the member is gone for the rest of the run.
+            *self.out.drops.entry(format!("resume_{}", f.name())).or_default() += 1;
+            self.live.dropped.inc();
+        } else {
+            self.count_failure(f);
+        }
         self.remove(key);
+    }
+
+    fn v1(&self) -> bool {
+        matches!(self.job.scenario, Scenario::Broadcast { v1: true, .. })
     }
 
     // ---- reading ----
@@ -434,10 +465,16 @@ impl Engine {
             let mut head = self.conns[key].sess.take_stash();
             head.extend_from_slice(data);
             match handshake::parse_response(&head, &expected_key) {
+                ParsedResponse::Partial if head.len() > MAX_RESPONSE_HEAD => self.fail(key, Failure::BadResponse),
                 ParsedResponse::Partial => *self.conns[key].sess.stash() = head,
                 ParsedResponse::Malformed => self.fail(key, Failure::BadResponse),
+                ParsedResponse::Complete { status: 101, accept_ok: true, protocol, .. }
+                    if self.v1() && protocol.as_deref() != Some(c100k::proto::v1::SUBPROTOCOL) =>
+                {
+                    self.fail(key, Failure::BadProtocol)
+                }
                 ParsedResponse::Complete { status: 101, accept_ok: true, len, .. } => {
-                    self.established(key);
+                    self.upgraded(key);
                     let mut rest = head.split_off(len);
                     if !rest.is_empty() {
                         self.feed(key, &mut rest);
@@ -451,25 +488,69 @@ impl Engine {
         self.feed(key, data);
     }
 
-    fn established(&mut self, key: usize) {
+    /// The 101 arrived: open now (seed mode), or join first (v1).
+    fn upgraded(&mut self, key: usize) {
         let now = now_ns();
         let tick = self.tick(now) as u32;
+        let v1 = self.v1();
         let c = &mut self.conns[key];
-        record_ns(&mut self.out.hist[1], now - c.t_mark);
-        c.state = State::Open;
+        record_ns(&mut self.out.hist[H_HANDSHAKE], now - c.t_mark);
         c.sess = Session::new_open(tick);
+        if !v1 {
+            return self.established(key);
+        }
+        c.state = State::Joining;
+        let idx = c.idx;
+        let room = self.job.room_of(idx).unwrap_or(0);
+        let member = self.members.entry(idx).or_insert_with(|| v1::Member::new(room));
+        let since = member.joined.then(|| (member.epoch.clone(), member.last()));
+        self.pbuf.clear();
+        v1::join(&mut self.pbuf, &v1::room_name(room), since.as_ref().map(|(e, s)| (e.as_str(), *s)));
+        frame::write_masked_frame(
+            &mut self.wbuf,
+            OpCode::Data(Data::Text),
+            &self.pbuf,
+            c100k::proto::ws::mask::random_key(),
+        );
+        self.send_wbuf(key);
+    }
+
+    /// Ready for the run: counted, listed for sending.
+    fn established(&mut self, key: usize) {
+        let now = now_ns();
+        let c = &mut self.conns[key];
+        c.state = State::Open;
         c.open_pos = self.open.len() as u32;
         self.open.push(key);
         let idx = c.idx;
         if self.job.is_sender(idx) {
-            self.senders.push((key, idx, 0));
+            match self.senders.iter().position(|s| s.1 == idx) {
+                // A sender that reconnected keeps its place and sequence numbers.
+                Some(i) => {
+                    self.senders[i].0 = key;
+                    self.conns[key].sender_pos = i as u32;
+                }
+                None => {
+                    self.conns[key].sender_pos = self.senders.len() as u32;
+                    self.senders.push((key, idx, 0));
+                }
+            }
         }
         self.inflight -= 1;
         self.live.inflight.set(self.inflight as u64);
+        self.disarm(key);
+        if let Some(dropped_at) = self.resuming.remove(&idx) {
+            record_ns(&mut self.out.hist[H_RESUME], now - dropped_at);
+            self.out.resumes += 1;
+            self.arm_resume(key, false);
+            return;
+        }
         self.out.established += 1;
         self.out.ramp_end = now;
         self.live.established.inc();
-        self.disarm(key);
+        if self.phase == Phase::Run {
+            self.arm_resume(key, true);
+        }
     }
 
     fn feed(&mut self, key: usize, data: &mut [u8]) {
@@ -497,13 +578,16 @@ impl Engine {
     fn on_message(&mut self, key: usize, _text: bool, data: &[u8]) {
         let now = now_ns();
         self.last_rx = now;
+        if self.v1() {
+            return self.on_v1(key, data, now);
+        }
         match self.job.scenario {
             Scenario::Echo { load, size, binary } => {
                 let Some(stamp) = payload::echo_stamp(data) else {
                     self.out.corrupt += 1;
                     return;
                 };
-                record_ns(&mut self.out.hist[2], now.saturating_sub(stamp));
+                record_ns(&mut self.out.hist[H_RTT], now.saturating_sub(stamp));
                 self.out.received += 1;
                 self.live.received.inc();
                 if let (Load::Window(_), Phase::Run) = (load, self.phase) {
@@ -522,7 +606,7 @@ impl Engine {
                         return;
                     }
                 }
-                record_ns(&mut self.out.hist[3], now.saturating_sub(t));
+                record_ns(&mut self.out.hist[H_DELIVERY], now.saturating_sub(t));
                 match self.trackers.entry((me, s)).or_default().see(q) {
                     Arrival::InOrder => {}
                     Arrival::Late => self.out.out_of_order += 1,
@@ -535,11 +619,89 @@ impl Engine {
         }
     }
 
+    /// A v1 server message: `joined`, `msg`, `published` or `error`.
+    fn on_v1(&mut self, key: usize, data: &[u8], now: u64) {
+        let Some(m) = v1::parse(data) else {
+            self.out.corrupt += 1;
+            return;
+        };
+        let idx = self.conns[key].idx;
+        let Some(member) = self.members.get_mut(&idx) else { return };
+        match m.op.as_ref() {
+            "msg" => {
+                let (Some(seq), Some(stamp)) = (m.seq, m.data) else {
+                    self.out.corrupt += 1;
+                    return;
+                };
+                if seq <= member.replay_to {
+                    self.out.recovered_messages += 1;
+                } else {
+                    record_ns(&mut self.out.hist[H_DELIVERY], now.saturating_sub(stamp.t));
+                }
+                match member.on_msg(seq) {
+                    Arrival::InOrder => {}
+                    Arrival::Late => self.out.out_of_order += 1,
+                    Arrival::Duplicate => self.out.duplicated += 1,
+                }
+                self.out.v1_rooms.saw(member.room, seq);
+                self.out.received += 1;
+                self.live.received.inc();
+            }
+            "published" => {
+                member.own += 1;
+                if let Some(seq) = m.seq {
+                    self.out.v1_rooms.saw(member.room, seq);
+                }
+            }
+            "joined" => {
+                let (Some(epoch), Some(top)) = (m.epoch.as_deref(), m.seq) else {
+                    self.out.corrupt += 1;
+                    return;
+                };
+                match member.on_joined(epoch, top, m.recovered.unwrap_or(false)) {
+                    v1::Joined::First => {}
+                    v1::Joined::Recovered => self.out.resumes_recovered += 1,
+                    v1::Joined::Unrecovered => self.out.resumes_unrecovered += 1,
+                }
+                self.out.v1_rooms.saw(member.room, top);
+                if self.conns[key].state == State::Joining {
+                    self.established(key);
+                }
+            }
+            "error" => self.out.v1_errors += 1,
+            _ => {}
+        }
+    }
+
+    /// v1 resume: schedule this member's next drop (`first`: staggered over one period).
+    fn arm_resume(&mut self, key: usize, first: bool) {
+        let every = match self.job.scenario {
+            Scenario::Broadcast { resume_every_ms, .. } if resume_every_ms > 0 => resume_every_ms,
+            _ => return,
+        };
+        let idx = self.conns[key].idx;
+        if self.job.is_sender(idx) {
+            return;
+        }
+        let delay_ms = if first { u64::from(idx) * 7919 % every + 1 } else { every };
+        self.arm(key, (delay_ms * 1_000_000 / TICK_NS).max(1) as u32);
+    }
+
+    /// Drop the connection like a network failure would (RST, no close frame) and reconnect.
+    fn resume(&mut self, key: usize) {
+        let c = &self.conns[key];
+        let idx = c.idx;
+        let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+        self.resuming.insert(idx, now_ns());
+        self.remove(key);
+        self.todo.push(idx);
+    }
+
     /// An established connection ended (server close, reset, EOF, protocol error).
     fn ended(&mut self, key: usize, why: &str) {
         let state = self.conns[key].state;
         match state {
-            State::Connecting | State::Upgrading => {
+            State::Connecting | State::Upgrading | State::Joining => {
                 let f = if why == "eof" { Failure::Reset } else { Failure::Protocol };
                 return self.fail(key, f);
             }
@@ -554,7 +716,7 @@ impl Engine {
 
     fn remove(&mut self, key: usize) {
         let Some(c) = self.conns.try_remove(key) else { return };
-        if matches!(c.state, State::Connecting | State::Upgrading) {
+        if matches!(c.state, State::Connecting | State::Upgrading | State::Joining) {
             self.inflight -= 1;
             self.live.inflight.set(self.inflight as u64);
         }
@@ -565,8 +727,8 @@ impl Engine {
                 self.conns[moved].open_pos = pos as u32;
             }
         }
-        for s in self.senders.iter_mut().filter(|s| s.0 == key) {
-            s.0 = usize::MAX;
+        if let Some(s) = self.senders.get_mut(c.sender_pos as usize) {
+            s.0 = usize::MAX; // this sender's connection is gone (O(1): it knows its slot)
         }
     }
 
@@ -621,6 +783,9 @@ impl Engine {
                 self.phase = Phase::Run;
                 self.t0 = t0;
                 self.out.run_start = t0;
+                for key in self.open.clone() {
+                    self.arm_resume(key, true);
+                }
                 for (_, c) in self.conns.iter() {
                     if c.state == State::Open {
                         if let Some(r) = self.job.room_of(c.idx) {
@@ -691,7 +856,7 @@ impl Engine {
                         continue;
                     }
                     let key = self.open[(self.next_k as usize - 1) % self.open.len()];
-                    record_ns(&mut self.out.hist[4], now.saturating_sub(due));
+                    record_ns(&mut self.out.hist[H_SEND_LAG], now.saturating_sub(due));
                     self.send_echo(key, due, size, binary);
                 }
             }
@@ -706,9 +871,15 @@ impl Engine {
                         continue; // this sender's connection is gone
                     }
                     self.senders[i].2 += 1;
-                    record_ns(&mut self.out.hist[4], now.saturating_sub(due));
+                    record_ns(&mut self.out.hist[H_SEND_LAG], now.saturating_sub(due));
                     self.pbuf.clear();
-                    payload::broadcast(&mut self.pbuf, Stamp { s: idx, q: seq, t: due }, size);
+                    let stamp = Stamp { s: idx, q: seq, t: due };
+                    match (self.v1(), self.job.room_of(idx)) {
+                        (true, Some(room)) => {
+                            v1::publish(&mut self.pbuf, &v1::room_name(room), |o| payload::broadcast(o, stamp, size))
+                        }
+                        _ => payload::broadcast(&mut self.pbuf, stamp, size),
+                    }
                     frame::write_masked_frame(
                         &mut self.wbuf,
                         OpCode::Data(Data::Text),
@@ -782,8 +953,10 @@ impl Engine {
         if c.timer != e.id {
             return;
         }
-        if matches!(c.state, State::Connecting | State::Upgrading) {
-            self.fail(key, Failure::Timeout);
+        match c.state {
+            State::Connecting | State::Upgrading | State::Joining => self.fail(key, Failure::Timeout),
+            State::Open if self.phase == Phase::Run => self.resume(key),
+            _ => {}
         }
     }
 }

@@ -24,6 +24,11 @@ pub enum Scenario {
         size: usize,
         /// The server also delivers a message to its sender.
         includes_sender: bool,
+        /// Members speak `c100k.v1` (join, publish, numbered messages) instead of the seed mode.
+        v1: bool,
+        /// v1 resume: every member that does not send drops its connection this often (ms,
+        /// staggered) and comes back with `since`. 0: never.
+        resume_every_ms: u64,
     },
 }
 

@@ -12,6 +12,7 @@ mod net;
 mod payload;
 mod report;
 mod stats;
+mod v1;
 mod worker;
 
 use std::process::ExitCode;

@@ -101,8 +101,10 @@ pub enum Failure {
     Http(u16),
     /// Sec-WebSocket-Accept did not match.
     BadAccept,
-    /// The response was not HTTP.
+    /// The response was not HTTP (or its head was absurdly long).
     BadResponse,
+    /// The server did not choose the subprotocol asked for (`c100k.v1`).
+    BadProtocol,
     /// The server violated the WebSocket protocol.
     Protocol,
     /// No free (source address, port) pair: add source addresses.
@@ -139,6 +141,7 @@ impl Failure {
             Failure::Http(s) => format!("http_{s}"),
             Failure::BadAccept => "bad_accept".into(),
             Failure::BadResponse => "bad_response".into(),
+            Failure::BadProtocol => "bad_subprotocol".into(),
             Failure::Protocol => "protocol_error".into(),
             Failure::AddrNotAvail => "eaddrnotavail".into(),
             Failure::Emfile => "emfile".into(),

@@ -73,12 +73,30 @@ pub enum Arrival {
 const MAX_HOLES: u64 = 1 << 20;
 
 impl SeqTrack {
+    /// A tracker whose first expected number is `next`.
+    pub fn starting_at(next: u64) -> SeqTrack {
+        SeqTrack { next, holes: BTreeSet::new() }
+    }
+
+    /// One past the highest number seen.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Move on to `next` without expecting the numbers in between (they are not holes).
+    pub fn skip_to(&mut self, next: u64) {
+        if next > self.next {
+            self.next = next;
+        }
+    }
+
     pub fn see(&mut self, q: u64) -> Arrival {
         if q >= self.next {
             if q - self.next <= MAX_HOLES {
                 self.holes.extend(self.next..q);
             }
-            self.next = q + 1;
+            // A peer-sent u64::MAX must not overflow.
+            self.next = q.saturating_add(1);
             Arrival::InOrder
         } else if self.holes.remove(&q) {
             Arrival::Late
@@ -128,5 +146,9 @@ mod tests {
         assert_eq!(t.see(1), Arrival::Duplicate);
         assert_eq!(t.see(3), Arrival::InOrder);
         assert!(t.holes.is_empty());
+        // Whatever a peer sends, nothing overflows.
+        let mut t = SeqTrack::default();
+        assert_eq!(t.see(u64::MAX), Arrival::InOrder);
+        assert_eq!(t.see(5), Arrival::Duplicate, "far below what came before, not itemised");
     }
 }

@@ -22,9 +22,10 @@ pub struct Figures {
     pub sent_per_sec: f64,
 }
 
-/// Expected deliveries, loss and rates.
-pub fn figures(o: &Outcome, scenario: &str, includes_sender: bool) -> Figures {
+/// Expected deliveries, loss and rates. `v1`: expected comes from the server's seqs.
+pub fn figures(o: &Outcome, scenario: &str, includes_sender: bool, v1: bool) -> Figures {
     let expected = match scenario {
+        "broadcast" | "resume" if v1 => o.v1_rooms.expected(),
         "broadcast" => o
             .sent_by_room
             .iter()
@@ -115,6 +116,13 @@ pub fn summary(info: &RunInfo, o: &Outcome, f: &Figures) -> Value {
             "self_deliveries": o.self_deliveries,
             "sent_per_second": f.sent_per_sec.round() as u64,
             "received_per_second": f.recv_per_sec.round() as u64,
+            "server_errors": o.v1_errors,
+        },
+        "resume": {
+            "reconnects": o.resumes,
+            "recovered": o.resumes_recovered,
+            "unrecovered": o.resumes_unrecovered,
+            "messages_recovered": o.recovered_messages,
         },
         "duration_seconds": (f.run_secs * 1000.0).round() / 1000.0,
         "histograms": histograms,
@@ -281,6 +289,17 @@ pub fn table(summary: &Value) -> String {
             ),
         );
     }
+    let r = &summary["resume"];
+    if r["reconnects"].as_u64().unwrap_or(0) > 0 {
+        line(
+            &mut s,
+            "resume",
+            format!(
+                "{} reconnects: {} recovered, {} not; {} messages replayed",
+                r["reconnects"], r["recovered"], r["unrecovered"], r["messages_recovered"]
+            ),
+        );
+    }
     s.push_str(&format!(
         "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
         "latency (µs)", "p50", "p90", "p99", "p99.9", "max", "count"
@@ -359,10 +378,10 @@ mod tests {
         o.members_by_room.insert(1, 3);
         o.received = 10 * 4 + 4 * 2 - 3 + 2; // three lost, two duplicates
         o.duplicated = 2;
-        let f = figures(&o, "broadcast", false);
+        let f = figures(&o, "broadcast", false, false);
         assert_eq!(f.expected, 48);
         assert_eq!(f.lost, 3);
-        assert_eq!(figures(&o, "broadcast", true).expected, 10 * 5 + 4 * 3);
+        assert_eq!(figures(&o, "broadcast", true, false).expected, 10 * 5 + 4 * 3);
     }
 
     #[test]

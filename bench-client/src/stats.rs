@@ -21,16 +21,24 @@ pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
     h.saturating_record((ns / 1000).max(1));
 }
 
-/// The histograms of a run, by name.
-pub const HISTOGRAMS: [&str; 5] = ["connect", "handshake", "rtt", "delivery", "send_lag"];
+/// The histograms of a run, by name, in the order reports list them.
+pub const HISTOGRAMS: [&str; N_HIST] = ["connect", "handshake", "rtt", "delivery", "resume", "send_lag"];
+const N_HIST: usize = 6;
+/// Indices into [`Outcome::hist`].
+pub const H_CONNECT: usize = 0;
+pub const H_HANDSHAKE: usize = 1;
+pub const H_RTT: usize = 2;
+pub const H_DELIVERY: usize = 3;
+pub const H_RESUME: usize = 4;
+pub const H_SEND_LAG: usize = 5;
 
 /// Everything one thread, one process or the whole run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
     /// TCP connect latency, handshake latency (TCP established → 101), echo round trip,
-    /// broadcast delivery (intended send → receipt), and how late open-loop sends left the
-    /// generator (actual − intended send time: a late generator shows here, not only in the
-    /// latency). Serialized as hex V2-deflate.
+    /// broadcast delivery (intended send → receipt), resume (dropped → rejoined, v1), and how
+    /// late open-loop sends left the generator (actual − intended send time: a late generator
+    /// shows here, not only in the latency). Serialized as hex V2-deflate.
     #[serde(with = "histograms")]
     pub hist: Hists,
     pub attempted: u64,
@@ -51,6 +59,16 @@ pub struct Outcome {
     /// Broadcast: messages sent per room; members established per room at the start.
     pub sent_by_room: BTreeMap<u32, u64>,
     pub members_by_room: BTreeMap<u32, u64>,
+    /// v1: per-room sums that give the exact expected deliveries from the server's seqs.
+    pub v1_rooms: crate::v1::RoomSums,
+    /// v1: error replies from the server (rate limits and the like).
+    pub v1_errors: u64,
+    /// v1 resume: reconnects, how many got `recovered: true` / `false`, and the messages
+    /// replayed to them.
+    pub resumes: u64,
+    pub resumes_recovered: u64,
+    pub resumes_unrecovered: u64,
+    pub recovered_messages: u64,
     /// CLOCK_MONOTONIC ns: first connect attempt, last handshake completed.
     pub ramp_start: u64,
     pub ramp_end: u64,
@@ -61,7 +79,7 @@ pub struct Outcome {
 
 /// The run's histograms (see [`HISTOGRAMS`] for their order), all with the same bounds.
 #[derive(Debug, Clone)]
-pub struct Hists(pub [Histogram<u64>; 5]);
+pub struct Hists(pub [Histogram<u64>; N_HIST]);
 
 impl Default for Hists {
     fn default() -> Self {
@@ -70,7 +88,7 @@ impl Default for Hists {
 }
 
 impl std::ops::Deref for Hists {
-    type Target = [Histogram<u64>; 5];
+    type Target = [Histogram<u64>; N_HIST];
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -113,6 +131,12 @@ impl Outcome {
         self.self_deliveries += o.self_deliveries;
         merge_map(&mut self.sent_by_room, &o.sent_by_room);
         merge_map(&mut self.members_by_room, &o.members_by_room);
+        self.v1_rooms.merge(&o.v1_rooms);
+        self.v1_errors += o.v1_errors;
+        self.resumes += o.resumes;
+        self.resumes_recovered += o.resumes_recovered;
+        self.resumes_unrecovered += o.resumes_unrecovered;
+        self.recovered_messages += o.recovered_messages;
         self.ramp_start = min_time(self.ramp_start, o.ramp_start);
         self.ramp_end = self.ramp_end.max(o.ramp_end);
         self.run_start = min_time(self.run_start, o.run_start);
@@ -160,7 +184,7 @@ mod histograms {
             ours.add(&h).map_err(|e| D::Error::custom(format!("{e:?}")))?;
             hs.push(ours);
         }
-        hs.try_into().map(Hists).map_err(|_| D::Error::custom("expected 5 histograms"))
+        hs.try_into().map(Hists).map_err(|_| D::Error::custom(format!("expected {N_HIST} histograms")))
     }
 
     fn hex(b: &[u8]) -> String {
@@ -195,9 +219,9 @@ mod tests {
             let v = (i * 7919) % 500_000 + 1;
             whole.record(v).unwrap();
             if i % 2 == 0 {
-                a.hist[2].record(v).unwrap()
+                a.hist[H_RTT].record(v).unwrap()
             } else {
-                b.hist[2].record(v).unwrap()
+                b.hist[H_RTT].record(v).unwrap()
             }
         }
         a.received = 10_000;

@@ -219,3 +219,73 @@ fn ctrl_c_still_writes_the_report() {
     assert!(u(&s["messages"]["received"]) >= 1000);
     assert_eq!(u(&s["messages"]["received"]), u(&s["messages"]["sent"]), "drained before reporting");
 }
+
+#[test]
+fn v1_broadcast_is_checked_gap_free_from_the_server_seq() {
+    let srv = c100k(|c| c.max_publish_rate = 0);
+    let url = format!("ws://{}/ws?room={{room}}", srv.local_addr());
+    let (s, _d) = bench(&[
+        "broadcast",
+        "--url",
+        &url,
+        "--protocol",
+        "v1",
+        "--members",
+        "60",
+        "--rooms",
+        "3",
+        "--senders",
+        "6",
+        "--rate",
+        "600",
+        "--duration",
+        "0.5",
+    ]);
+    assert_eq!(s["parameters"]["protocol"], "v1");
+    let m = &s["messages"];
+    let sent = u(&m["sent"]);
+    assert!(sent > 100, "{m}");
+    // Each message reaches the 19 other members of its room of 20.
+    assert_eq!(u(&m["expected"]), sent * 19, "{m}");
+    assert_eq!(u(&m["received"]), u(&m["expected"]), "{m}");
+    assert_eq!((m["lost"].as_i64(), u(&m["duplicated"]), u(&m["out_of_order"])), (Some(0), 0, 0));
+    assert_eq!(srv.metrics().publishes_total, sent);
+}
+
+#[test]
+fn resume_reconnects_with_since_and_loses_nothing() {
+    let srv = c100k(|c| {
+        c.max_publish_rate = 0;
+        c.presence_grace = Duration::from_millis(100);
+    });
+    let url = format!("ws://{}/ws?room={{room}}", srv.local_addr());
+    let (s, dir) = bench(&[
+        "resume",
+        "--url",
+        &url,
+        "--members",
+        "40",
+        "--rooms",
+        "2",
+        "--senders",
+        "4",
+        "--rate",
+        "400",
+        "--duration",
+        "1.5",
+        "--every",
+        "0.3",
+    ]);
+    let r = &s["resume"];
+    assert!(u(&r["reconnects"]) >= 40, "every non-sender reconnected at least once: {r}");
+    assert_eq!(u(&r["recovered"]), u(&r["reconnects"]), "{r}");
+    assert_eq!(u(&r["unrecovered"]), 0);
+    assert!(u(&r["messages_recovered"]) > 0, "some messages came back from history: {r}");
+    let m = &s["messages"];
+    assert_eq!(m["lost"].as_i64(), Some(0), "{m}");
+    assert_eq!((u(&m["duplicated"]), u(&m["out_of_order"])), (0, 0), "{m}");
+    assert_eq!(u(&m["received"]), u(&m["expected"]));
+    assert!(u(&s["histograms"]["resume"]["count"]) > 0);
+    assert_eq!(u(&s["connections"]["dropped"]), 0, "reconnects on purpose are not drops");
+    assert!(files(&dir).contains(&"resume.hgrm".to_string()));
+}

@@ -1,5 +1,6 @@
 //! The server: one mio event loop per thread, each with its own SO_REUSEPORT listener, connection
-//! slab and timer wheel; loops talk only through [`rooms::Mailbox`]es.
+//! slab and timer wheel; loops talk only through their [`Mailbox`]es, and reach rooms through
+//! the [`Broker`].
 
 pub mod conn;
 pub mod listener;
