@@ -28,7 +28,7 @@ bcast_rate=${BROADCAST_RATE:-300}
 window=${IDLE_WINDOW:-60}
 phase=${PHASE:-30}
 [ "$hold" -ge $(( window + 2 * phase + 20 )) ] || die "HOLD ($hold s) must cover IDLE_WINDOW + 2 × PHASE + 20 s"
-out=${OUT:-$root/results/$(utc_stamp)-100k}
+out=${OUT:-$root/bench-results/$(utc_stamp)-100k}
 mkdir -p "$out"
 exec > >(tee "$out/run.log") 2>&1
 

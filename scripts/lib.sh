@@ -67,6 +67,17 @@ wait_metric() {
   die "$2 did not reach $3 within $4 s (last: ${v:-none})"
 }
 
+# wait_metric_le ADDR NAME VALUE TIMEOUT_S: wait until the metric is at most VALUE.
+wait_metric_le() {
+  local v
+  for _ in $(seq 1 $(($4 * 10))); do
+    v=$(metric "$1" "$2")
+    [ -n "$v" ] && [ "$v" -le "$3" ] && return 0
+    sleep 0.1
+  done
+  die "$2 did not fall to $3 within $4 s (last: ${v:-none})"
+}
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 slab_kb() { awk '/^Slab:/ { print $2 }' /proc/meminfo; }
 

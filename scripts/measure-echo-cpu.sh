@@ -5,12 +5,15 @@
 # run, divided by the messages echoed. Repeats RUNS times per server and reports medians.
 #
 # usage: scripts/measure-echo-cpu.sh [CONNS (1000)] [RUNS (5)] [SECONDS (10)]
-#   SERVERS  which servers, space separated (default "c100k"; add "node" for the Node ws peer,
-#            set up with scripts/setup-node-peer.sh)
+#   SERVERS  which servers, space separated (default "c100k"; "baseline" for the c100k binary at
+#            $BASELINE_BIN, e.g. from scripts/build-baseline.sh REV, to compare commits side by
+#            side; "node" for the Node ws peer, set up with scripts/setup-node-peer.sh)
 #   RATE     messages/s in total, open loop (default: closed loop, one in flight per connection)
 #   BROADCAST=1  instead of echo: one room of CONNS members, 10 senders at RATE (default 100)
 #            messages/s in total; reports server CPU per delivery and delivery latency
-#   OUT      report directory (default results/<UTC>-echo-cpu)
+#   PROTOCOL=v1  with BROADCAST=1: members speak c100k.v1 (default raw, the seed mode)
+#   OUT      report directory (default bench-results/<UTC>-echo-cpu; results/ holds the reports
+#            committed on purpose)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -20,11 +23,13 @@ secs=${3:-10}
 servers=${SERVERS:-c100k}
 rate=${RATE:-}
 broadcast=${BROADCAST:-0}
+protocol=${PROTOCOL:-raw}
 load=(--window 1)
 [ -n "$rate" ] && load=(--rate "$rate")
 what=echo
 if [ "$broadcast" = 1 ]; then what=broadcast; rate=${rate:-100}; fi
-out=${OUT:-$root/results/$(utc_stamp)-$what-cpu${rate:+-$rate}}
+[ "$protocol" = v1 ] && what=$what-v1
+out=${OUT:-$root/bench-results/$(utc_stamp)-$what-cpu${rate:+-$rate}}
 build_release
 mkdir -p "$out"
 tsv=$out/runs.tsv
@@ -32,8 +37,12 @@ printf 'server\trun\tmessages\tmsgs_per_sec\tserver_cpu_s\tcpu_us_per_msg\tserve
 
 start_server() { # name run -> sets SPID ADDR
   case $1 in
-    c100k)
-      spawn "$out/$1-$2.log" $(pin 0) "$C100K" --listen 127.0.0.1:0 --threads 1
+    c100k | baseline)
+      local bin=$C100K
+      if [ "$1" = baseline ]; then
+        bin=${BASELINE_BIN:?set BASELINE_BIN to a c100k binary (scripts/build-baseline.sh REV)}
+      fi
+      spawn "$out/$1-$2.log" $(pin 0) "$bin" --listen 127.0.0.1:0 --threads 1
       SPID=$SPAWNED
       ADDR=$(wait_listening "$out/$1-$2.log" "$SPID")
       ;;
@@ -50,14 +59,17 @@ start_server() { # name run -> sets SPID ADDR
   esac
 }
 
-for server in $servers; do
-  for run in $(seq 1 "$runs"); do
+# Runs alternate between the servers (run 1 of each, then run 2 of each, …), so drift over the
+# session spreads evenly instead of landing on one of them.
+for run in $(seq 1 "$runs"); do
+  for server in $servers; do
     start_server "$server" "$run"
     cpu0=$(cpu_ns "$SPID")
     wall0=$(date +%s%N)
     if [ "$broadcast" = 1 ]; then
       room_path=/ws; [ "$server" = node ] && room_path=/chat
       cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size 64)
+      [ "$protocol" = v1 ] && cmd+=(--protocol v1)
     else
       cmd=(echo --url "ws://$ADDR/echo" --conns "$conns" --size 32 "${load[@]}")
     fi
@@ -83,9 +95,10 @@ done
   if [ "$broadcast" = 1 ]; then echo "# Server CPU per broadcast delivery"; else echo "# Server CPU per echoed message"; fi
   echo
   echo "- Date: $(date -u +%Y-%m-%d), machine: $(machine_line)"
-  echo "- Command: \`SERVERS=\"$servers\"${rate:+ RATE=$rate}$([ "$broadcast" = 1 ] && echo " BROADCAST=1") scripts/measure-echo-cpu.sh $conns $runs $secs\`"
+  echo "- Command: \`SERVERS=\"$servers\"${rate:+ RATE=$rate}$([ "$broadcast" = 1 ] && echo " BROADCAST=1")$([ "$protocol" = v1 ] && echo " PROTOCOL=v1") scripts/measure-echo-cpu.sh $conns $runs $secs\`"
+  [ -n "${BASELINE_BIN:-}" ] && echo "- baseline: \`$BASELINE_BIN\`"
   if [ "$broadcast" = 1 ]; then
-    echo "- Load: \`bench-client broadcast --members $conns --rooms 1 --senders 10 --rate $rate --size 64 --duration $secs --procs 1 --threads 1\`"
+    echo "- Load: \`bench-client broadcast --members $conns --rooms 1 --senders 10 --rate $rate --size 64 --duration $secs --procs 1 --threads 1$([ "$protocol" = v1 ] && echo " --protocol v1")\`"
     echo "  (\"messages\" below are deliveries: each message reaches the $((conns - 1)) other members)"
   else
     echo "- Load: \`bench-client echo --conns $conns --size 32 ${load[*]} --duration $secs --procs 1 --threads 1\`"

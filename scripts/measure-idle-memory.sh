@@ -5,54 +5,70 @@
 #
 # usage: scripts/measure-idle-memory.sh [CONNS (15000)] [RUNS (3)]
 #   SERVER_ARGS  extra c100k flags (default none: the defaults, 30 s heartbeats)
-#   OUT          report directory (default results/<UTC>-idle-memory)
+#   BASELINE_BIN also measure this c100k binary (e.g. scripts/build-baseline.sh REV), each run
+#                right after the current one, to compare commits side by side
+#   OUT          report directory (default bench-results/<UTC>-idle-memory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 conns=${1:-15000}
 runs=${2:-3}
-out=${OUT:-$root/results/$(utc_stamp)-idle-memory}
+out=${OUT:-$root/bench-results/$(utc_stamp)-idle-memory}
 build_release
 mkdir -p "$out"
 tsv=$out/runs.tsv
-printf 'run\trss_before_kb\trss_after_kb\tuser_bytes_per_conn\tslab_before_kb\tslab_after_kb\tkernel_slab_bytes_per_conn\n' >"$tsv"
+printf 'server\trun\trss_before_kb\trss_after_kb\tuser_bytes_per_conn\tslab_before_kb\tslab_after_kb\tkernel_slab_bytes_per_conn\n' >"$tsv"
+servers=c100k
+[ -n "${BASELINE_BIN:-}" ] && servers="c100k baseline"
 
 for run in $(seq 1 "$runs"); do
-  spawn "$out/server-$run.log" $(pin 0) "$C100K" --listen 127.0.0.1:0 ${SERVER_ARGS:-}
-  spid=$SPAWNED
-  addr=$(wait_listening "$out/server-$run.log" "$spid")
-  curl -sf "http://$addr/healthz" >/dev/null
-  sleep 1
-  rss0=$(rss_kb "$spid"); slab0=$(slab_kb)
-  spawn "$out/client-$run.log" $(pin 1) "$BENCH" connect --url "ws://$addr/echo" --conns "$conns" \
-    --hold 15 --connect-rate 20000 --procs auto --out "$out/bench-$run" --quiet
-  cpid=$SPAWNED
-  wait_metric "$addr" c100k_websockets_open "$conns" 60
-  sleep 2 # let the ramp's transient allocations settle
-  rss1=$(rss_kb "$spid"); slab1=$(slab_kb)
-  per=$(( (rss1 - rss0) * 1024 / conns ))
-  kper=$(( (slab1 - slab0) * 1024 / conns ))
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$rss0" "$rss1" "$per" "$slab0" "$slab1" "$kper" >>"$tsv"
-  log "run $run: RSS $rss0 -> $rss1 KiB = $per B/connection; kernel Slab +$kper B/connection"
-  wait "$cpid" || die "bench-client failed (see $out/client-$run.log)"
-  kill -TERM "$spid"; wait "$spid" || true
+  for server in $servers; do
+    bin=$C100K
+    [ "$server" = baseline ] && bin=$BASELINE_BIN
+    spawn "$out/server-$server-$run.log" $(pin 0) "$bin" --listen 127.0.0.1:0 ${SERVER_ARGS:-}
+    spid=$SPAWNED
+    addr=$(wait_listening "$out/server-$server-$run.log" "$spid")
+    curl -sf "http://$addr/healthz" >/dev/null
+    # Warm up: the first connections page in code and allocator structures that every later
+    # connection shares; that fixed cost is not per connection.
+    "$BENCH" connect --url "ws://$addr/echo" --conns 200 --hold 0 --procs 1 --quiet --out "$out/warmup-$server-$run" \
+      >/dev/null 2>&1 || die "warm-up failed"
+    wait_metric_le "$addr" c100k_connections_open 1 10
+    sleep 1
+    rss0=$(rss_kb "$spid"); slab0=$(slab_kb)
+    spawn "$out/client-$server-$run.log" $(pin 1) "$BENCH" connect --url "ws://$addr/echo" --conns "$conns" \
+      --hold 15 --connect-rate 20000 --procs auto --out "$out/bench-$server-$run" --quiet
+    cpid=$SPAWNED
+    wait_metric "$addr" c100k_websockets_open "$conns" 60
+    sleep 2 # let the ramp's transient allocations settle
+    rss1=$(rss_kb "$spid"); slab1=$(slab_kb)
+    per=$(( (rss1 - rss0) * 1024 / conns ))
+    kper=$(( (slab1 - slab0) * 1024 / conns ))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$run" "$rss0" "$rss1" "$per" "$slab0" "$slab1" "$kper" >>"$tsv"
+    log "$server run $run: RSS $rss0 -> $rss1 KiB = $per B/connection; kernel Slab +$kper B/connection"
+    wait "$cpid" || die "bench-client failed (see $out/client-$server-$run.log)"
+    kill -TERM "$spid"; wait "$spid" || true
+  done
 done
 
-user=$(tail -n +2 "$tsv" | cut -f4 | median)
-kern=$(tail -n +2 "$tsv" | cut -f7 | median)
+col() { awk -F'\t' -v s="$1" -v c="$2" 'NR > 1 && $1 == s { print $c }' "$tsv" | median; }
+user=$(col c100k 5)
+kern=$(col c100k 8)
 cat >"$out/README.md" <<EOF
 # Idle memory per WebSocket connection
 
 - Date: $(date -u +%Y-%m-%d), machine: $(machine_line)
 - Command: \`scripts/measure-idle-memory.sh $conns $runs\` (server: \`c100k --listen 127.0.0.1:0 ${SERVER_ARGS:-}\`
   pinned to core 0; client: \`bench-client connect --conns $conns --connect-rate 20000\` pinned to core 1)
-- Method: server RSS (VmRSS) before the connections and 2 s after all $conns were open; kernel
+- Method: server RSS (VmRSS) after a warm-up of 200 connections opened and closed, then 2 s after
+  all $conns were open; kernel
   \`Slab:\` from /proc/meminfo over the same interval (it counts both ends of each loopback connection).
 
 | | median of $runs runs |
 |---|---|
 | server user-space RSS per idle connection | **$user bytes** |
 | kernel Slab per connection (both ends) | $kern bytes |
+$([ -n "${BASELINE_BIN:-}" ] && echo "| baseline (\`$BASELINE_BIN\`), user-space RSS per idle connection, measured alternately | $(col baseline 5) bytes |")
 
 Per run: [runs.tsv](runs.tsv); bench-client reports in \`bench-*/\`.
 EOF
