@@ -12,22 +12,36 @@
 #   4. stops everything it started and writes results/<UTC>-100k/README.md (+ bench reports).
 # It stops by itself and fails with a clear message if a step fails.
 #
-# usage: scripts/bench-100k.sh
-#   CONNS (100000) HOLD (300 s) PING (30 s) CONNECT_RATE (5000/s) ECHO_RATE (10000/s)
-#   BROADCAST_RATE (300/s) IDLE_WINDOW (60 s of idle CPU measurement) PHASE (30 s per echo and
-#   broadcast run) OUT (results/<UTC>-100k). HOLD must cover IDLE_WINDOW + 2 × PHASE + ~20 s.
+# usage: scripts/bench-100k.sh            the full run: about 7 minutes (+ the build)
+#        QUICK=1 scripts/bench-100k.sh    every phase at a small scale: about a minute
+# Knobs (environment; QUICK=1 defaults in brackets):
+#   CONNS          idle connections                          100000 [2000]
+#   HOLD           seconds they are held                     300 [50]; at least IDLE_WINDOW + 2 × PHASE + 20
+#   PING           server heartbeat interval, s              30 [5]
+#   CONNECT_RATE   new connections per second                5000 [2000]
+#   IDLE_WINDOW    seconds of idle-CPU measurement           60 [10]
+#   PHASE          seconds of the echo and broadcast runs    30 [10]
+#   ECHO_RATE      echo messages per second                  10000 [2000]
+#   BROADCAST_RATE room messages per second                  300 [100]
+#   OUT            report directory                          bench-results/<UTC>-100k
+# Needs: cargo, python3, curl, taskset (util-linux), ss (iproute2); root to apply the kernel
+# profile (otherwise it is only checked).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need curl taskset python3
 
-conns=${CONNS:-100000}
-hold=${HOLD:-300}
-ping=${PING:-30}
-connect_rate=${CONNECT_RATE:-5000}
-echo_rate=${ECHO_RATE:-10000}
-bcast_rate=${BROADCAST_RATE:-300}
-window=${IDLE_WINDOW:-60}
-phase=${PHASE:-30}
-[ "$hold" -ge $(( window + 2 * phase + 20 )) ] || die "HOLD ($hold s) must cover IDLE_WINDOW + 2 × PHASE + 20 s"
+quick=${QUICK:-0}
+q() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+conns=${CONNS:-$(q 100000 2000)}
+ping=${PING:-$(q 30 5)}
+connect_rate=${CONNECT_RATE:-$(q 5000 2000)}
+echo_rate=${ECHO_RATE:-$(q 10000 2000)}
+bcast_rate=${BROADCAST_RATE:-$(q 300 100)}
+window=${IDLE_WINDOW:-$(q 60 10)}
+phase=${PHASE:-$(q 30 10)}
+min_hold=$(( window + 2 * phase + 20 ))
+hold=${HOLD:-$(q 300 "$min_hold")}
+[ "$hold" -ge "$min_hold" ] || die "HOLD ($hold s) must cover IDLE_WINDOW + 2 × PHASE + 20 s = $min_hold s (or leave HOLD unset)"
 out=${OUT:-$root/bench-results/$(utc_stamp)-100k}
 mkdir -p "$out"
 exec > >(tee "$out/run.log") 2>&1

@@ -6,6 +6,19 @@ C100K=$root/target/release/c100k
 BENCH=$root/target/release/bench-client
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+# need CMD...: fail with what to install when a command is missing.
+need() {
+  local c pkg
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 && continue
+    case $c in
+      taskset) pkg="util-linux" ;; ss) pkg="iproute2" ;; curl) pkg="curl" ;; python3) pkg="python3" ;;
+      node | npm) pkg="nodejs npm" ;; *) pkg=$c ;;
+    esac
+    die "$c is needed: install it (Debian: apt-get install $pkg)"
+  done
+}
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 build_release() {
@@ -49,6 +62,53 @@ wait_listening() {
     sleep 0.05
   done
   die "server did not start (log: $logf)"
+}
+
+# start_server NAME LOGFILE [C100K FLAGS...]: start a server on a free loopback port, pinned to
+# core 0; sets SPID and ADDR. NAME: c100k (this build), baseline ($BASELINE_BIN), node or uws (the
+# peers in bench/peers, installed by scripts/setup-peers.sh).
+start_server() {
+  local name=$1 logf=$2; shift 2
+  case $name in
+    c100k | baseline)
+      local bin=$C100K
+      if [ "$name" = baseline ]; then
+        bin=${BASELINE_BIN:?set BASELINE_BIN to a c100k binary (scripts/build-baseline.sh REV)}
+      fi
+      spawn "$logf" $(pin 0) "$bin" --listen 127.0.0.1:0 "$@"
+      SPID=$SPAWNED
+      ADDR=$(wait_listening "$logf" "$SPID")
+      ;;
+    node | uws)
+      local dir=$root/target/peers/node-ws script=server.js port
+      [ "$name" = uws ] && { dir=$root/target/peers/uws; script=server.mjs; }
+      [ -d "$dir/node_modules" ] || die "peer $name is not installed: run scripts/setup-peers.sh"
+      port=$(free_port)
+      PORT=$port spawn "$logf" $(pin 0) node "$dir/$script"
+      SPID=$SPAWNED
+      ADDR=127.0.0.1:$port
+      for _ in $(seq 1 200); do grep -q listening "$logf" && return 0; kill -0 "$SPID" 2>/dev/null || break; sleep 0.05; done
+      cat "$logf" >&2
+      die "$name did not start"
+      ;;
+    *) die "unknown server $name (c100k, baseline, node, uws)" ;;
+  esac
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# established ADDR: TCP connections established to the server at ADDR (from ss(8)).
+established() { ss -Htn state established "( sport = :${1##*:} )" | wc -l; }
+
+# wait_established ADDR N TIMEOUT_S: wait until at least N connections to ADDR are established.
+wait_established() {
+  local n
+  for _ in $(seq 1 $(($3 * 10))); do
+    n=$(established "$1")
+    [ "$n" -ge "$2" ] && return 0
+    sleep 0.1
+  done
+  die "only $n of $2 connections to $1 established within $3 s"
 }
 
 # metric ADDR NAME: one value from c100k's /metrics.

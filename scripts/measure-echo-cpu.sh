@@ -7,7 +7,7 @@
 # usage: scripts/measure-echo-cpu.sh [CONNS (1000)] [RUNS (5)] [SECONDS (10)]
 #   SERVERS  which servers, space separated (default "c100k"; "baseline" for the c100k binary at
 #            $BASELINE_BIN, e.g. from scripts/build-baseline.sh REV, to compare commits side by
-#            side; "node" for the Node ws peer, set up with scripts/setup-node-peer.sh)
+#            side; "node" and "uws" for the peers in bench/peers, set up with scripts/setup-peers.sh)
 #   RATE     messages/s in total, open loop (default: closed loop, one in flight per connection)
 #   BROADCAST=1  instead of echo: one room of CONNS members, 10 senders at RATE (default 100)
 #            messages/s in total; reports server CPU per delivery and delivery latency
@@ -16,6 +16,7 @@
 #            committed on purpose)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need python3 taskset ss
 
 conns=${1:-1000}
 runs=${2:-5}
@@ -35,39 +36,15 @@ mkdir -p "$out"
 tsv=$out/runs.tsv
 printf 'server\trun\tmessages\tmsgs_per_sec\tserver_cpu_s\tcpu_us_per_msg\tserver_core_pct\trtt_p50_us\trtt_p99_us\n' >"$tsv"
 
-start_server() { # name run -> sets SPID ADDR
-  case $1 in
-    c100k | baseline)
-      local bin=$C100K
-      if [ "$1" = baseline ]; then
-        bin=${BASELINE_BIN:?set BASELINE_BIN to a c100k binary (scripts/build-baseline.sh REV)}
-      fi
-      spawn "$out/$1-$2.log" $(pin 0) "$bin" --listen 127.0.0.1:0 --threads 1
-      SPID=$SPAWNED
-      ADDR=$(wait_listening "$out/$1-$2.log" "$SPID")
-      ;;
-    node)
-      local dir=$root/target/node-ws port
-      [ -f "$dir/node_modules/ws/package.json" ] || die "run scripts/setup-node-peer.sh first"
-      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-      PORT=$port spawn "$out/$1-$2.log" $(pin 0) node "$dir/server.js"
-      SPID=$SPAWNED
-      ADDR=127.0.0.1:$port
-      for _ in $(seq 1 100); do grep -q listening "$out/$1-$2.log" && break; sleep 0.05; done
-      ;;
-    *) die "unknown server $1" ;;
-  esac
-}
-
 # Runs alternate between the servers (run 1 of each, then run 2 of each, …), so drift over the
 # session spreads evenly instead of landing on one of them.
 for run in $(seq 1 "$runs"); do
   for server in $servers; do
-    start_server "$server" "$run"
+    start_server "$server" "$out/$server-$run.log" --threads 1
     cpu0=$(cpu_ns "$SPID")
     wall0=$(date +%s%N)
     if [ "$broadcast" = 1 ]; then
-      room_path=/ws; [ "$server" = node ] && room_path=/chat
+      room_path=/ws; case $server in node | uws) room_path=/chat ;; esac
       cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size 64)
       [ "$protocol" = v1 ] && cmd+=(--protocol v1)
     else
@@ -104,7 +81,7 @@ done
     echo "- Load: \`bench-client echo --conns $conns --size 32 ${load[*]} --duration $secs --procs 1 --threads 1\`"
   fi
   echo "  pinned to core 1; server pinned to core 0 (c100k with \`--threads 1\`). Server CPU = its"
-  echo "  threads' run time over the whole client run (ramp and teardown included) ÷ messages echoed."
+  echo "  threads' run time over the whole client run (ramp and teardown included) ÷ messages echoed (deliveries for a broadcast)."
   echo
   echo "| server | CPU per message (µs) | messages/s | server core used (over the client's wall time) | latency p50 / p99 (µs) |"
   echo "|---|---|---|---|---|"

@@ -7,9 +7,12 @@
 #   SERVER_ARGS  extra c100k flags (default none: the defaults, 30 s heartbeats)
 #   BASELINE_BIN also measure this c100k binary (e.g. scripts/build-baseline.sh REV), each run
 #                right after the current one, to compare commits side by side
+#   SERVERS      servers to measure, alternating per run (default c100k, plus baseline with
+#                BASELINE_BIN): c100k, baseline, node, uws (scripts/setup-peers.sh)
 #   OUT          report directory (default bench-results/<UTC>-idle-memory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need python3 taskset ss
 
 conns=${1:-15000}
 runs=${2:-3}
@@ -18,28 +21,26 @@ build_release
 mkdir -p "$out"
 tsv=$out/runs.tsv
 printf 'server\trun\trss_before_kb\trss_after_kb\tuser_bytes_per_conn\tslab_before_kb\tslab_after_kb\tkernel_slab_bytes_per_conn\n' >"$tsv"
-servers=c100k
-[ -n "${BASELINE_BIN:-}" ] && servers="c100k baseline"
+servers=${SERVERS:-c100k}
+[ -n "${BASELINE_BIN:-}" ] && [ -z "${SERVERS:-}" ] && servers="c100k baseline"
 
 for run in $(seq 1 "$runs"); do
   for server in $servers; do
-    bin=$C100K
-    [ "$server" = baseline ] && bin=$BASELINE_BIN
-    spawn "$out/server-$server-$run.log" $(pin 0) "$bin" --listen 127.0.0.1:0 ${SERVER_ARGS:-}
-    spid=$SPAWNED
-    addr=$(wait_listening "$out/server-$server-$run.log" "$spid")
-    curl -sf "http://$addr/healthz" >/dev/null
+    flags=()
+    case $server in c100k | baseline) read -ra flags <<<"${SERVER_ARGS:-}" ;; esac
+    start_server "$server" "$out/server-$server-$run.log" "${flags[@]}"
+    spid=$SPID addr=$ADDR
     # Warm up: the first connections page in code and allocator structures that every later
     # connection shares; that fixed cost is not per connection.
     "$BENCH" connect --url "ws://$addr/echo" --conns 200 --hold 0 --procs 1 --quiet --out "$out/warmup-$server-$run" \
       >/dev/null 2>&1 || die "warm-up failed"
-    wait_metric_le "$addr" c100k_connections_open 1 10
+    for _ in $(seq 1 100); do [ "$(established "$addr")" -eq 0 ] && break; sleep 0.1; done
     sleep 1
     rss0=$(rss_kb "$spid"); slab0=$(slab_kb)
     spawn "$out/client-$server-$run.log" $(pin 1) "$BENCH" connect --url "ws://$addr/echo" --conns "$conns" \
       --hold 15 --connect-rate 20000 --procs auto --out "$out/bench-$server-$run" --quiet
     cpid=$SPAWNED
-    wait_metric "$addr" c100k_websockets_open "$conns" 60
+    wait_established "$addr" "$conns" 60
     sleep 2 # let the ramp's transient allocations settle
     rss1=$(rss_kb "$spid"); slab1=$(slab_kb)
     per=$(( (rss1 - rss0) * 1024 / conns ))
@@ -68,7 +69,7 @@ cat >"$out/README.md" <<EOF
 |---|---|
 | server user-space RSS per idle connection | **$user bytes** |
 | kernel Slab per connection (both ends) | $kern bytes |
-$([ -n "${BASELINE_BIN:-}" ] && echo "| baseline (\`$BASELINE_BIN\`), user-space RSS per idle connection, measured alternately | $(col baseline 5) bytes |")
+$(for s in $servers; do [ "$s" = c100k ] || echo "| $s$([ "$s" = baseline ] && echo " (\`$BASELINE_BIN\`)"), user-space RSS per idle connection, measured alternately | $(col "$s" 5) bytes |"; done)
 
 Per run: [runs.tsv](runs.tsv); bench-client reports in \`bench-*/\`.
 EOF

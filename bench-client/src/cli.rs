@@ -26,8 +26,10 @@ pub enum Cmd {
     /// handshake latency, and how many dropped during the hold.
     #[command(visible_alias = "idle")]
     Connect {
+        /// The WebSocket URL every connection opens (ws://HOST:PORT/PATH).
         #[arg(long, default_value = "ws://127.0.0.1:8080/echo")]
         url: String,
+        /// Connections to open.
         #[arg(long, default_value_t = 1000)]
         conns: u32,
         /// Seconds to hold the connections open once all are attempted.
@@ -41,8 +43,10 @@ pub enum Cmd {
     },
     /// Echo load: each message comes back on its connection; reports msgs/s and round-trip time.
     Echo {
+        /// The echo server's WebSocket URL.
         #[arg(long, default_value = "ws://127.0.0.1:8080/echo")]
         url: String,
+        /// Connections that send and receive.
         #[arg(long, default_value_t = 100)]
         conns: u32,
         /// Message size in bytes (at least 16: the send timestamp).
@@ -55,6 +59,7 @@ pub enum Cmd {
         /// Closed loop: messages in flight per connection (default 1 when --rate is not given).
         #[arg(long)]
         window: Option<u32>,
+        /// Seconds of sending (measured), after every connection is open.
         #[arg(long, default_value = "10", value_parser = secs)]
         duration: Duration,
         /// Send binary frames instead of text.
@@ -151,12 +156,16 @@ pub struct Common {
     /// After the run, seconds to wait for messages still in flight.
     #[arg(long, default_value = "5", value_parser = secs)]
     pub drain: Duration,
-    /// Report directory (default results/<UTC timestamp>-<scenario>/).
+    /// Report directory (default bench-results/<UTC timestamp>-<scenario>/).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No per-second progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// The run fails (exit status 1) when fewer connections than this were established.
+    /// Default: every connection asked for.
+    #[arg(long)]
+    pub min_established: Option<u32>,
 }
 
 fn secs(s: &str) -> Result<Duration, String> {
@@ -180,7 +189,12 @@ impl Cli {
                     (Some(_), _) => return Err("--rate must be positive".into()),
                     (None, w) => Load::Window(w.unwrap_or(1).max(1)),
                 };
-                let p = json!({ "url": url, "conns": conns, "size": size, "rate": rate, "window": window,
+                // The load that ran (the default closed loop included), not only the flags given.
+                let (mode, window) = match load {
+                    Load::Rate(_) => ("open_loop_rate", None),
+                    Load::Window(w) => ("closed_loop_window", Some(w)),
+                };
+                let p = json!({ "url": url, "conns": conns, "size": size, "load": mode, "rate": rate, "window": window,
                                 "duration_seconds": duration.as_secs_f64(), "binary": binary });
                 ("echo", url, conns, duration, Scenario::Echo { size, load, binary }, common, p, None)
             }
@@ -225,6 +239,7 @@ impl Cli {
             duration,
             out: common.out,
             quiet: common.quiet,
+            min_established: common.min_established,
             parameters,
         })
     }

@@ -37,6 +37,8 @@ pub struct Run {
     pub duration: Duration,
     pub out: Option<PathBuf>,
     pub quiet: bool,
+    /// Fewer established connections than this is a failed run (default: all of them).
+    pub min_established: Option<u32>,
     /// The parameters as given, for the report.
     pub parameters: Value,
 }
@@ -67,21 +69,28 @@ impl Worker {
     }
 }
 
-/// Run, write the report, print the table. Returns the report directory.
-pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
+/// How a run ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Why it is not clean (empty: it is).
+    pub problems: Vec<String>,
+    pub interrupted: bool,
+}
+
+/// Run, write the report, print the table.
+pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<Ended, String> {
     let (started_utc, stamp) = report::utc_now();
     let command = shell_words(std::env::args());
     let machine = crate::machine::describe();
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut workers = spawn(&r, &tx)?;
     drop(tx);
-    let t_start = Instant::now();
     let mut printer = ProgressLine::new(r.quiet, r.conns);
 
     // Ramp: wait until every worker has attempted and settled all its connections.
     while !workers.iter().all(|w| w.ready || w.exited) && !interrupted.load(Ordering::Relaxed) {
         pump(&rx, &mut workers, Duration::from_millis(100));
-        printer.tick(t_start, &workers, "ramp");
+        printer.tick(&workers, "ramp");
     }
     // Run: every worker starts at the same instant.
     let mut measured = false;
@@ -94,7 +103,7 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
         let end = Instant::now() + Duration::from_millis(50) + r.duration;
         while Instant::now() < end && !interrupted.load(Ordering::Relaxed) && workers.iter().any(|w| !w.exited) {
             pump(&rx, &mut workers, Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())));
-            printer.tick(t_start, &workers, "run");
+            printer.tick(&workers, "run");
             let p = total_progress(&workers);
             if p.established > 0 && p.dropped >= p.established {
                 eprintln!("bench-client: every connection has dropped; stopping early");
@@ -109,8 +118,9 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
     let deadline = Instant::now() + r.drain + Duration::from_secs(15);
     while workers.iter().any(|w| !w.exited && w.outcome.is_none()) && Instant::now() < deadline {
         pump(&rx, &mut workers, Duration::from_millis(100));
-        printer.tick(t_start, &workers, "stop");
+        printer.tick(&workers, "stop");
     }
+    printer.finish(&workers);
     let mut total = Outcome::default();
     let mut missing = Vec::new();
     for (i, w) in workers.iter_mut().enumerate() {
@@ -129,6 +139,9 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
     let includes_sender = matches!(r.scenario, Scenario::Broadcast { includes_sender: true, .. });
     let v1 = matches!(r.scenario, Scenario::Broadcast { v1: true, .. });
     let fig = report::figures(&total, r.name, includes_sender, v1);
+    let was_interrupted = interrupted.load(Ordering::Relaxed);
+    let min_established = r.min_established.unwrap_or(r.conns);
+    let problems = report::verdict(&total, &fig, u64::from(min_established), was_interrupted, r.name);
     let info = report::RunInfo {
         scenario: r.name.to_string(),
         command,
@@ -136,7 +149,8 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
         parameters: r.parameters.clone(),
         machine,
         target: u64::from(r.conns),
-        interrupted: interrupted.load(Ordering::Relaxed),
+        interrupted: was_interrupted,
+        problems: problems.clone(),
     };
     let mut summary = report::summary(&info, &total, &fig);
     summary["parameters"]["procs"] = r.procs.into();
@@ -144,8 +158,8 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
     if !missing.is_empty() {
         summary["worker_errors"] = missing.clone().into();
     }
-    let dir = r.out.clone().unwrap_or_else(|| PathBuf::from("results").join(format!("{stamp}-{}", r.name)));
-    report::write_all(&dir, &summary, &total, &format!("{} — {}", r.name, r.target.path))?;
+    let dir = r.out.clone().unwrap_or_else(|| PathBuf::from("bench-results").join(format!("{stamp}-{}", r.name)));
+    report::write_all(&dir, &summary, &total, &plot_title(&r))?;
     println!("{}", report::table(&summary));
     for name in total.failures.keys().chain(total.drops.keys()) {
         if let Some(h) = hint_for(name) {
@@ -156,7 +170,12 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<PathBuf, String> {
     if !missing.is_empty() {
         return Err(format!("some workers did not report: {}", missing.join("; ")));
     }
-    Ok(dir)
+    if problems.is_empty() {
+        println!("  verdict: ok");
+    } else {
+        println!("  verdict: NOT OK: {}", problems.join("; "));
+    }
+    Ok(Ended { problems, interrupted: was_interrupted })
 }
 
 fn hint_for(name: &str) -> Option<&'static str> {
@@ -266,40 +285,82 @@ fn total_progress(workers: &[Worker]) -> Progress {
     p
 }
 
-/// One progress line per second on stderr.
+/// One progress line per second on stderr, each saying what happened in its own interval (the
+/// workers report five times a second, so a line is at most 0.2 s behind), and a last line for
+/// the final partial interval.
 struct ProgressLine {
     quiet: bool,
     target: u32,
-    next: u64,
+    start: Instant,
+    /// When the last line was printed, and the totals then.
+    last_at: Instant,
     last: Progress,
 }
 
 impl ProgressLine {
     fn new(quiet: bool, target: u32) -> Self {
-        ProgressLine { quiet, target, next: 1, last: Progress::default() }
+        let now = Instant::now();
+        ProgressLine { quiet, target, start: now, last_at: now, last: Progress::default() }
     }
 
-    fn tick(&mut self, start: Instant, workers: &[Worker], phase: &str) {
-        let secs = start.elapsed().as_secs();
-        if self.quiet || secs < self.next {
-            return;
+    fn tick(&mut self, workers: &[Worker], phase: &str) {
+        if self.last_at.elapsed() >= Duration::from_secs(1) {
+            self.print(workers, phase);
         }
-        self.next = secs + 1;
-        let p = total_progress(workers);
-        let d = |now: u64, before: u64| now.saturating_sub(before);
-        eprintln!(
-            "[{secs:>5}s] {phase:<4} open {}/{} (+{}/s) inflight {} failed {} dropped {} | sent {}/s recv {}/s",
-            p.established - p.dropped.min(p.established),
-            self.target,
-            d(p.established, self.last.established),
-            p.inflight,
-            p.failed,
-            p.dropped,
-            d(p.sent, self.last.sent),
-            d(p.received, self.last.received),
-        );
-        self.last = p;
     }
+
+    /// The last, partial interval.
+    fn finish(&mut self, workers: &[Worker]) {
+        if self.last_at.elapsed() >= Duration::from_millis(50) {
+            self.print(workers, "end");
+        }
+    }
+
+    fn print(&mut self, workers: &[Worker], phase: &str) {
+        let now = Instant::now();
+        let p = total_progress(workers);
+        let dt = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
+        let rate = |now: u64, before: u64| (now.saturating_sub(before) as f64 / dt).round() as u64;
+        if !self.quiet {
+            eprintln!(
+                "[{:>6.1}s] {phase:<4} open {}/{} (+{}/s) inflight {} failed {} dropped {} | sent {}/s recv {}/s",
+                now.duration_since(self.start).as_secs_f64(),
+                p.established - p.dropped.min(p.established),
+                self.target,
+                rate(p.established, self.last.established),
+                p.inflight,
+                p.failed,
+                p.dropped,
+                rate(p.sent, self.last.sent),
+                rate(p.received, self.last.received),
+            );
+        }
+        self.last = p;
+        self.last_at = now;
+    }
+}
+
+/// What tells two plots apart: the scenario, its load, and the server.
+fn plot_title(r: &Run) -> String {
+    let p = &r.parameters;
+    let mut t = format!("{}: {} connections", r.name, r.conns);
+    for (key, label) in [("rooms", "rooms"), ("senders", "senders")] {
+        if let Some(v) = p[key].as_u64() {
+            t.push_str(&format!(", {v} {label}"));
+        }
+    }
+    if let Some(rate) = p["rate"].as_f64() {
+        t.push_str(&format!(", {rate} msgs/s"));
+    } else if let Some(w) = p["window"].as_u64() {
+        t.push_str(&format!(", window {w}"));
+    }
+    if let Some(size) = p["size"].as_u64() {
+        t.push_str(&format!(", {size} B"));
+    }
+    if p["protocol"] == "v1" {
+        t.push_str(", v1");
+    }
+    format!("{t} — {}{}", r.target.host, r.target.path)
 }
 
 /// The command line, quoted for a shell where needed.

@@ -62,8 +62,12 @@ fn main() -> ExitCode {
             std::process::exit(130);
         }
     });
+    // Exit status: 0 a clean run; 1 a run whose checks failed (the summary's verdict says why)
+    // or that could not be carried out; 2 bad arguments; 130 interrupted (the report is written).
     match coordinator::run(run, interrupted) {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(e) if e.interrupted => ExitCode::from(130),
+        Ok(e) if e.problems.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("bench-client: {e}");
             ExitCode::FAILURE

@@ -65,6 +65,34 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// Whether a run is clean, and if not, why: fewer connections than asked, messages lost,
+/// duplicated, out of order or corrupted, server errors, or an interrupted run.
+pub fn verdict(o: &Outcome, f: &Figures, min_established: u64, interrupted: bool, scenario: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if o.established < min_established {
+        problems.push(format!("{} of the {} connections asked for were established", o.established, min_established));
+    }
+    let checks_messages = matches!(scenario, "echo" | "broadcast" | "resume");
+    if checks_messages && f.lost > 0 {
+        problems.push(format!("{} messages lost", f.lost));
+    }
+    if checks_messages && f.lost < 0 {
+        problems.push(format!("{} more messages than expected", -f.lost));
+    }
+    for (n, what) in [(o.duplicated, "duplicated"), (o.out_of_order, "out of order"), (o.corrupt, "corrupt")] {
+        if n > 0 {
+            problems.push(format!("{n} messages {what}"));
+        }
+    }
+    if o.v1_errors > 0 {
+        problems.push(format!("{} error replies from the server", o.v1_errors));
+    }
+    if interrupted {
+        problems.push("interrupted before the end".into());
+    }
+    problems
+}
+
 /// What describes a run apart from its measurements.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
@@ -76,6 +104,8 @@ pub struct RunInfo {
     /// Connections asked for.
     pub target: u64,
     pub interrupted: bool,
+    /// Why the run is not clean (empty: it is).
+    pub problems: Vec<String>,
 }
 
 /// The summary.json document.
@@ -92,6 +122,7 @@ pub fn summary(info: &RunInfo, o: &Outcome, f: &Figures) -> Value {
         "command": info.command,
         "started_utc": info.started_utc,
         "interrupted": info.interrupted,
+        "verdict": { "ok": info.problems.is_empty(), "problems": info.problems },
         "parameters": info.parameters,
         "machine": info.machine,
         "connections": {
@@ -130,15 +161,15 @@ pub fn summary(info: &RunInfo, o: &Outcome, f: &Figures) -> Value {
     })
 }
 
-/// Write `h` (microseconds) as an `.hgrm` percentile distribution in milliseconds, the layout of
-/// HdrHistogram's `outputPercentileDistribution` (5 ticks per half-distance).
+/// Write `h` as an `.hgrm` percentile distribution, the layout of HdrHistogram's
+/// `outputPercentileDistribution` (5 ticks per half-distance), values in microseconds like every
+/// other latency bench-client reports (load it in the HdrHistogram plotter with that unit).
 pub fn write_hgrm(h: &Histogram<u64>, mut w: impl Write) -> std::io::Result<()> {
-    const SCALE: f64 = 1000.0;
     writeln!(w, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)")?;
     let mut total = 0;
     for v in h.iter_quantiles(5) {
         total += v.count_since_last_iteration();
-        let value = v.value_iterated_to() as f64 / SCALE;
+        let value = v.value_iterated_to() as f64;
         let q = v.quantile_iterated_to();
         if q < 1.0 {
             writeln!(w, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q))?;
@@ -146,15 +177,32 @@ pub fn write_hgrm(h: &Histogram<u64>, mut w: impl Write) -> std::io::Result<()> 
             writeln!(w, "{value:12.3} {q:2.12} {total:10}")?;
         }
     }
-    writeln!(w, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / SCALE, h.stdev() / SCALE)?;
-    writeln!(w, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / SCALE, h.len())?;
+    writeln!(w, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean(), h.stdev())?;
+    writeln!(w, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64, h.len())?;
     // Java's SubBuckets: the power of two holding 2 * 10^digits values.
     let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
     writeln!(w, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), sub_buckets)?;
     Ok(())
 }
 
-/// Latency (ms) by percentile for every non-empty histogram, on the usual log "1/(1-p)" axis.
+/// The percentile axis runs to `1 - 1/n` for n samples: a histogram of 100 samples says
+/// nothing about the 99.99th percentile, so its curve stops at 99%.
+fn percentile_extent(count: u64) -> f64 {
+    (count as f64).clamp(10.0, 1e6)
+}
+
+/// A percentile axis label for position `x` = 1/(1-p).
+fn percentile_label(x: f64) -> String {
+    let p = 100.0 * (1.0 - 1.0 / x);
+    if p < 99.0 {
+        format!("{p:.0}%")
+    } else {
+        format!("{}%", trim_float(p))
+    }
+}
+
+/// Latency (µs, log scale) by percentile (the usual log "1/(1-p)" axis) for every non-empty
+/// histogram; the legend sits beside the plot, the title names the run.
 pub fn write_svg(o: &Outcome, title: &str, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     let series: Vec<(&str, Vec<(f64, f64)>)> = HISTOGRAMS
@@ -162,11 +210,12 @@ pub fn write_svg(o: &Outcome, title: &str, path: &Path) -> Result<(), String> {
         .filter(|n| !o.hist(n).is_empty())
         .map(|n| {
             let h = o.hist(n);
+            let end = percentile_extent(h.len());
             let pts = h
                 .iter_quantiles(5)
-                .filter(|v| v.quantile_iterated_to() < 1.0)
-                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), v.value_iterated_to() as f64 / 1000.0))
-                .chain(std::iter::once((1e6, h.max() as f64 / 1000.0)))
+                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()).max(1e-12), v.value_iterated_to().max(1) as f64))
+                .filter(|(x, _)| *x < end)
+                .chain(std::iter::once((end, h.max().max(1) as f64)))
                 .collect();
             (*n, pts)
         })
@@ -174,46 +223,50 @@ pub fn write_svg(o: &Outcome, title: &str, path: &Path) -> Result<(), String> {
     if series.is_empty() {
         return Ok(());
     }
-    let ymax = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(0.001, f64::max) * 1.1;
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let xmax = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(10.0, f64::max);
+    let ymax = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(10.0, f64::max) * 2.0;
+    let ymin = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(f64::MAX, f64::min).max(1.0) / 2.0;
+    let root = SVGBackend::new(path, (1040, 580)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+    let (plot, side) = root.split_horizontally(860);
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, ("sans-serif", 16))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((1.0f64..1e6).log_scale(), 0.0..ymax)
+        .build_cartesian_2d((1.0f64..xmax).log_scale(), (ymin..ymax).log_scale())
         .map_err(|e| e.to_string())?;
+    let ticks: Vec<f64> = [1.0, 2.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6].into_iter().filter(|t| *t <= xmax).collect();
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (ms)")
+        .y_desc("latency (µs)")
+        .x_labels(ticks.len())
         .x_label_formatter(&|x| {
-            let p = 100.0 * (1.0 - 1.0 / x);
-            if p < 99.0 {
-                format!("{p:.0}%")
+            // Label the decades only (1/(1-p) = 10^k); plotters may offer other positions.
+            let nearest = ticks.iter().copied().min_by(|a, b| (a - x).abs().total_cmp(&(b - x).abs())).unwrap_or(*x);
+            if (nearest - x).abs() / nearest < 0.01 {
+                percentile_label(nearest)
             } else {
-                format!("{}%", trim_float(p))
+                String::new()
             }
         })
         .draw()
         .map_err(|e| e.to_string())?;
-    let colors = [BLUE, RED, GREEN, MAGENTA];
-    for (i, (name, pts)) in series.into_iter().enumerate() {
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, (_, pts)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2))).map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    // The legend, beside the plot so it never hides a curve.
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let y = 60 + 28 * i as i32;
+        side.draw(&PathElement::new(vec![(10, y), (40, y)], c.stroke_width(3))).map_err(|e| e.to_string())?;
+        let max = pts.last().map_or(0.0, |p| p.1);
+        side.draw(&Text::new(format!("{name} (max {max:.0} µs)"), (48, y - 7), ("sans-serif", 13)))
+            .map_err(|e| e.to_string())?;
+    }
     root.present().map_err(|e| e.to_string())
 }
 
@@ -304,7 +357,11 @@ pub fn table(summary: &Value) -> String {
         "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
         "latency (µs)", "p50", "p90", "p99", "p99.9", "max", "count"
     ));
-    for (name, h) in summary["histograms"].as_object().into_iter().flatten() {
+    for name in HISTOGRAMS {
+        let h = &summary["histograms"][name];
+        if h.is_null() {
+            continue;
+        }
         let v = |k: &str| h[k].to_string();
         s.push_str(&format!(
             "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
@@ -365,8 +422,27 @@ mod tests {
         assert_eq!(last.len(), 3, "the 100% row has no 1/(1-p) column");
         assert_eq!(last[2], "10000");
         // Max is the highest value equivalent to the largest sample at 3 significant digits.
-        assert!(text.contains("#[Max     =       10.007, Total count    =        10000]"), "{text}");
+        assert!(text.contains("#[Max     =    10007.000, Total count    =        10000]"), "{text}");
         assert!(text.contains("SubBuckets     =         2048]"), "{text}");
+    }
+
+    #[test]
+    fn the_percentile_axis_stops_where_the_samples_do() {
+        assert_eq!(percentile_extent(100), 100.0, "100 samples: up to 99%");
+        assert_eq!(percentile_extent(5), 10.0);
+        assert_eq!(percentile_extent(10_000_000), 1e6);
+        assert_eq!(percentile_label(1e6), "99.9999%");
+        assert_eq!(percentile_label(1e3), "99.9%");
+        assert_eq!(percentile_label(2.0), "50%");
+        let mut o = Outcome::default();
+        for v in 1..=100u64 {
+            o.hist[crate::stats::H_RTT].record(v * 10).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_svg(&o, "echo: 1 conns", &dir.path().join("l.svg")).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("l.svg")).unwrap();
+        assert!(svg.contains("latency (µs)") && svg.contains("echo: 1 conns") && svg.contains("rtt (max 1000 µs)"));
+        assert!(!svg.contains("99.99%"), "no ticks past the samples");
     }
 
     #[test]

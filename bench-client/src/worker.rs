@@ -71,7 +71,9 @@ fn run(job: Job, commands: mpsc::Receiver<Option<Command>>) -> Result<Outcome, S
     let broadcast = |c: Cmd| mailboxes.iter().for_each(|m| m.send(c));
     let mut ready_sent = false;
     let mut stopped = false;
-    let mut next_progress = Instant::now() + Duration::from_secs(1);
+    // Five reports a second: the coordinator's lines are then at most 0.2 s behind.
+    const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+    let mut next_progress = Instant::now() + PROGRESS_EVERY;
     while handles.iter().any(|h| !h.is_finished()) {
         let cmd = match commands.recv_timeout(Duration::from_millis(50)) {
             Ok(Some(c)) => Some(c),
@@ -97,10 +99,12 @@ fn run(job: Job, commands: mpsc::Receiver<Option<Command>>) -> Result<Outcome, S
             emit(&Report::Ready)?;
         }
         if Instant::now() >= next_progress {
-            next_progress += Duration::from_secs(1);
+            next_progress += PROGRESS_EVERY;
             emit(&Report::Progress(progress(&lives)))?;
         }
     }
+    // The last interval's counts, so the coordinator's lines add up to the whole run.
+    emit(&Report::Progress(progress(&lives)))?;
     let mut total = Outcome::default();
     for h in handles {
         let o = h.join().map_err(|_| "an engine thread panicked".to_string())?;

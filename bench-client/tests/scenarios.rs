@@ -33,14 +33,20 @@ fn connect_scenario_reports_every_connection() {
 fn failures_are_classified() {
     // Nothing listens on this port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (s, _d) = bench(&["connect", "--url", &format!("ws://{port}/echo"), "--conns", "20", "--hold", "0"]);
+    let (s, _d) = bench_exit(&["connect", "--url", &format!("ws://{port}/echo"), "--conns", "20", "--hold", "0"], 1);
     assert_eq!(u(&s["connections"]["failures"]["refused"]), 20);
+    assert!(s["verdict"]["problems"][0].as_str().unwrap().contains("0 of the 20"), "{}", s["verdict"]);
     assert_eq!(u(&s["connections"]["established"]), 0);
     // The server answers with an HTTP status instead of 101.
     let srv = c100k(|_| {});
-    let (s, _d) =
-        bench(&["connect", "--url", &format!("ws://{}/nope", srv.local_addr()), "--conns", "20", "--hold", "0"]);
+    let (s, _d) = bench_exit(
+        &["connect", "--url", &format!("ws://{}/nope", srv.local_addr()), "--conns", "20", "--hold", "0"],
+        1,
+    );
     assert_eq!(u(&s["connections"]["failures"]["http_404"]), 20);
+    // --min-established lowers the bar: 0 of 20 is then acceptable.
+    let url = format!("ws://{}/nope", srv.local_addr());
+    bench(&["connect", "--url", &url, "--conns", "20", "--hold", "0", "--min-established", "0"]);
 }
 
 #[test]
@@ -128,9 +134,12 @@ fn broadcast_expects_every_other_member_to_receive() {
 fn lost_deliveries_are_reported_exactly() {
     let srv = FaultServer::start(Fault::Drop { every: 7 });
     let url = format!("ws://{}/ws?room={{room}}", srv.addr);
-    let (s, _d) =
-        bench(&["broadcast", "--url", &url, "--members", "8", "--senders", "1", "--rate", "500", "--duration", "0.5"]);
+    let (s, _d) = bench_exit(
+        &["broadcast", "--url", &url, "--members", "8", "--senders", "1", "--rate", "500", "--duration", "0.5"],
+        1,
+    );
     let dropped = srv.get(|c| &c.dropped);
+    assert!(s["verdict"]["problems"].to_string().contains("messages lost"), "{}", s["verdict"]);
     assert!(dropped > 50, "the server dropped {dropped}");
     assert_eq!(s["messages"]["lost"].as_i64(), Some(dropped as i64), "{}", s["messages"]);
     assert_eq!(u(&s["messages"]["expected"]), u(&s["messages"]["sent"]) * 7);
@@ -140,8 +149,12 @@ fn lost_deliveries_are_reported_exactly() {
 fn duplicates_and_reordering_are_reported_exactly() {
     let srv = FaultServer::start(Fault::DupSwap { dup: 11, swap: 13 });
     let url = format!("ws://{}/ws?room={{room}}", srv.addr);
-    let (s, _d) =
-        bench(&["broadcast", "--url", &url, "--members", "6", "--senders", "1", "--rate", "500", "--duration", "0.5"]);
+    let (s, _d) = bench_exit(
+        &["broadcast", "--url", &url, "--members", "6", "--senders", "1", "--rate", "500", "--duration", "0.5"],
+        1,
+    );
+    let problems = s["verdict"]["problems"].to_string();
+    assert!(problems.contains("duplicated") && problems.contains("out of order"), "{problems}");
     let m = &s["messages"];
     let (dups, swaps) = (srv.get(|c| &c.duplicated), srv.get(|c| &c.swapped));
     assert!(dups > 10 && swaps > 10, "server made {dups} duplicates, {swaps} swaps");
@@ -211,10 +224,11 @@ fn ctrl_c_still_writes_the_report() {
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "interrupted: {}", String::from_utf8_lossy(&out.stderr));
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["interrupted"], true);
+    assert_eq!(s["verdict"]["ok"], false);
     assert!(s["duration_seconds"].as_f64().unwrap() < 30.0, "stopped early");
     assert!(u(&s["messages"]["received"]) >= 1000);
     assert_eq!(u(&s["messages"]["received"]), u(&s["messages"]["sent"]), "drained before reporting");

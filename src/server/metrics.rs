@@ -55,7 +55,7 @@ metrics! {
     connections_accepted_total: "counter", "TCP connections accepted.";
     handshakes_total: "counter", "Opening handshakes completed (101 sent).";
     handshake_failures_total: "counter", "Connections that ended before a WebSocket handshake completed (rejected requests, timeouts, resets), not counting /healthz and /metrics.";
-    http_requests_total: "counter", "Plain HTTP requests answered (/healthz, /metrics).";
+    http_requests_total: "counter", "Plain HTTP answers (health, metrics, API, errors to non-WebSocket requests).";
     messages_received_total: "counter", "WebSocket data messages received.";
     messages_sent_total: "counter", "WebSocket data messages sent (each recipient counts once).";
     bytes_received_total: "counter", "Bytes read from sockets.";

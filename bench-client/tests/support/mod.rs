@@ -17,7 +17,14 @@ use c100k::proto::ws::handshake;
 use serde_json::Value;
 
 /// Run bench-client with `args` (plus --out and --quiet); return summary.json and the directory.
+/// Run bench-client; it must exit 0 (a clean run).
 pub fn bench(args: &[&str]) -> (Value, tempfile::TempDir) {
+    bench_exit(args, 0)
+}
+
+/// Run bench-client expecting exit status `code` (1: a run whose checks failed); the summary's
+/// verdict must agree.
+pub fn bench_exit(args: &[&str], code: i32) -> (Value, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .args(args)
@@ -26,14 +33,17 @@ pub fn bench(args: &[&str]) -> (Value, tempfile::TempDir) {
         .arg("--quiet")
         .output()
         .expect("run bench-client");
-    assert!(
-        out.status.success(),
-        "bench-client {args:?} failed: {}\n{}",
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "bench-client {args:?}: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
     let text = std::fs::read_to_string(dir.path().join("summary.json")).expect("summary.json written");
-    (serde_json::from_str(&text).unwrap(), dir)
+    let s: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["verdict"]["ok"], code == 0, "{}", s["verdict"]);
+    (s, dir)
 }
 
 pub fn files(dir: &tempfile::TempDir) -> Vec<String> {
