@@ -113,6 +113,38 @@ pub struct Args {
     /// Seconds a user whose last connection in a room dropped (not a clean leave) stays present.
     #[arg(long, env = "C100K_PRESENCE_GRACE", default_value = "10", value_parser = parse_secs)]
     pub presence_grace: Duration,
+
+    /// Seconds a message (or HTTP-free frame) may take from its first byte to its last; past
+    /// it the connection is closed with 1008. 0 disables the limit.
+    #[arg(long, env = "C100K_MESSAGE_TIMEOUT", default_value = "30", value_parser = parse_secs)]
+    pub message_timeout: Duration,
+
+    /// Bytes of incomplete input (unfinished messages and requests) this process holds in all;
+    /// past it, connections holding some are not read until it frees (TCP pushes back).
+    #[arg(long, env = "C100K_MAX_BUFFERED_INPUT", default_value_t = 64 << 20)]
+    pub max_buffered_input: usize,
+
+    /// Messages a second one room accepts, whoever publishes (burst: as many): a number, 0
+    /// (no limit), or `auto` (default: 100,000 deliveries a second divided by the room's
+    /// members, at least 10 messages a second; `auto:N` for another budget). Publishes past it
+    /// are refused with rate_limited.
+    #[arg(long, env = "C100K_MAX_ROOM_RATE", default_value = "auto", value_parser = crate::broker::RoomRate::parse)]
+    pub max_room_rate: crate::broker::RoomRate,
+
+    /// Connections one client address may hold at once; past it new ones get 429 with
+    /// Retry-After. 0 (the default) disables it: behind a proxy every client shares its address.
+    #[arg(long, env = "C100K_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Also serve /metrics and /healthz on this address (e.g. a private one), and nothing else
+    /// there.
+    #[arg(long, env = "C100K_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Bytes of outbound queues this process holds in all; past it, the slowest consumers (the
+    /// largest queues) are closed with 1008. Default: 1 GiB, or a quarter of RAM if less.
+    #[arg(long, env = "C100K_MAX_OUTBOUND_MEMORY")]
+    pub max_outbound_memory: Option<usize>,
 }
 
 /// See [`Args::reuseport_steer`].
@@ -176,6 +208,12 @@ impl Args {
             history_size: self.history_size,
             history_ttl: self.history_ttl,
             presence_grace: self.presence_grace,
+            message_timeout: self.message_timeout,
+            max_buffered_input: self.max_buffered_input,
+            max_outbound_memory: self.max_outbound_memory.unwrap_or(d.max_outbound_memory),
+            max_room_rate: self.max_room_rate,
+            max_connections_per_ip: self.max_connections_per_ip,
+            metrics_listen: self.metrics_listen,
         };
         cfg.tick = cfg.auto_tick();
         cfg

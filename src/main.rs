@@ -39,7 +39,15 @@ fn main() -> ExitCode {
                 l.usable() * u64::from(args.processes)
             );
         }
-        return supervisor::run(args.listen, usize::from(args.processes), threads.max(1), args.drain_timeout);
+        let backlog = args.backlog.unwrap_or_else(|| c100k::server::Config::default().backlog);
+        return supervisor::run(supervisor::Plan {
+            listen: args.listen,
+            processes: usize::from(args.processes),
+            threads: threads.max(1),
+            drain: args.drain_timeout,
+            backlog,
+            steer_by_source_ip: args.reuseport_steer == c100k::cli::Steer::SourceIp,
+        });
     }
 
     // Block SIGINT/SIGTERM before any thread starts (threads inherit the mask); the main thread
@@ -79,7 +87,8 @@ fn main() -> ExitCode {
     let started = match role {
         Some(r) => {
             cfg.listen = r.listen;
-            Server::start_with(cfg, r.metrics)
+            cfg.threads = r.listeners.len().max(1);
+            Server::start_inherited(cfg, r.metrics, r.listeners)
         }
         None => Server::start(cfg),
     };

@@ -3,8 +3,12 @@
 //! same port through SO_REUSEPORT. For hosts or containers whose per-process open-file limit is
 //! below the connections wanted.
 //!
-//! The supervisor reserves the port (a bound, non-listening SO_REUSEPORT socket: it never
-//! receives connections), shares a memfd of metric blocks with the workers so any of them
+//! The supervisor creates the whole SO_REUSEPORT group of listening sockets (processes ×
+//! loops) and hands each worker its own; it keeps them open itself, so the group never changes
+//! while it runs: a worker that dies and restarts gets the same sockets back, connections
+//! steered to them meanwhile wait in their backlog, and `--reuseport-steer source-ip` keeps
+//! sending an address to the same worker across restarts (the kernel reorders a group when a
+//! socket leaves it). It shares a memfd of metric blocks with the workers so any of them
 //! answers `/metrics` for the whole server, restarts a worker that dies (exponential backoff,
 //! logged), and on SIGINT/SIGTERM forwards SIGTERM so every worker drains (close 1001), then
 //! exits 0 once they all have. Workers run in their own process group (a terminal's Ctrl-C
@@ -12,7 +16,7 @@
 //! (PR_SET_PDEATHSIG).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -20,13 +24,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::server::metrics_store::MetricsStore;
 
 const ENV_INDEX: &str = "C100K_WORKER_INDEX";
 const ENV_LISTEN: &str = "C100K_WORKER_LISTEN";
 const ENV_METRICS_FD: &str = "C100K_WORKER_METRICS_FD";
+const ENV_LISTEN_FDS: &str = "C100K_WORKER_LISTEN_FDS";
 const ENV_PARENT: &str = "C100K_WORKER_PARENT";
 
 /// First restart delay; doubles while a worker keeps dying young, up to `MAX_BACKOFF`.
@@ -41,6 +45,8 @@ pub struct WorkerRole {
     pub index: usize,
     pub listen: SocketAddr,
     pub metrics: MetricsStore,
+    /// This worker's listening sockets, from the supervisor's group.
+    pub listeners: Vec<std::net::TcpListener>,
 }
 
 /// If this process is a worker started by a supervisor, attach to the shared metric blocks and
@@ -68,7 +74,18 @@ pub fn worker_role() -> Option<Result<WorkerRole, String>> {
         // and it is open (checked above).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let metrics = MetricsStore::attach(fd, index).map_err(|e| format!("metrics region: {e}"))?;
-        Ok(WorkerRole { index, listen, metrics })
+        let mut listeners = Vec::new();
+        for v in std::env::var(ENV_LISTEN_FDS).map_err(|_| "no listening sockets")?.split(',') {
+            let fd: RawFd = v.parse().map_err(|_| "bad listening socket")?;
+            // SAFETY: F_GETFD on any number only reads the descriptor table.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(format!("listening socket {fd} is not open"));
+            }
+            // SAFETY: the supervisor passed this open listening socket for this worker alone;
+            // nothing else in this process owns it.
+            listeners.push(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+        }
+        Ok(WorkerRole { index, listen, metrics, listeners })
     })())
 }
 
@@ -79,9 +96,22 @@ struct Slot {
     restart_at: Option<Instant>,
 }
 
+/// What the supervisor needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub listen: SocketAddr,
+    pub processes: usize,
+    pub threads: usize,
+    pub drain: Duration,
+    /// listen(2) backlog of each socket.
+    pub backlog: i32,
+    /// `--reuseport-steer source-ip`.
+    pub steer_by_source_ip: bool,
+}
+
 /// Run the supervisor until every worker has drained after SIGINT/SIGTERM.
-pub fn run(listen: SocketAddr, processes: usize, threads: usize, drain: Duration) -> ExitCode {
-    match supervise(listen, processes, threads, drain) {
+pub fn run(plan: Plan) -> ExitCode {
+    match supervise(plan) {
         Ok(code) => code,
         Err(e) => {
             log::error!("supervisor: {e}");
@@ -90,21 +120,25 @@ pub fn run(listen: SocketAddr, processes: usize, threads: usize, drain: Duration
     }
 }
 
-fn supervise(listen: SocketAddr, processes: usize, threads: usize, drain: Duration) -> Result<ExitCode, String> {
+fn supervise(plan: Plan) -> Result<ExitCode, String> {
+    let Plan { processes, threads, drain, .. } = plan;
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
         signals.add(s);
     }
     signals.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
 
-    let (reservation, addr) = reserve(listen)?;
+    let (group, addr) = listeners(&plan)?;
     let (fd, store) = MetricsStore::create_shared(processes, threads).map_err(|e| format!("metrics region: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my executable: {e}"))?;
     let mut slots: Vec<Slot> = (0..processes)
         .map(|_| Slot { child: None, started: Instant::now(), backoff: FIRST_BACKOFF, restart_at: None })
         .collect();
     for (i, slot) in slots.iter_mut().enumerate() {
-        slot.child = Some(spawn(&exe, i, addr, &fd).map_err(|e| format!("starting worker {i}: {e}"))?);
+        slot.child = Some(
+            spawn(&exe, i, addr, &fd, &group[i * threads..(i + 1) * threads])
+                .map_err(|e| format!("starting worker {i}: {e}"))?,
+        );
     }
     // Announce the address only once every worker's loops accept connections.
     let ready_by = Instant::now() + Duration::from_secs(30);
@@ -160,7 +194,7 @@ fn supervise(listen: SocketAddr, processes: usize, threads: usize, drain: Durati
         let now = Instant::now();
         if let Some(deadline) = stopping {
             if slots.iter().all(|s| s.child.is_none()) {
-                drop(reservation);
+                drop(group);
                 log::info!("supervisor: every worker has drained; bye");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -174,7 +208,7 @@ fn supervise(listen: SocketAddr, processes: usize, threads: usize, drain: Durati
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.restart_at.is_some_and(|t| now >= t) {
                 slot.restart_at = None;
-                match spawn(&exe, i, addr, &fd) {
+                match spawn(&exe, i, addr, &fd, &group[i * threads..(i + 1) * threads]) {
                     Ok(c) => {
                         store.count_restart();
                         log::info!("supervisor: worker {i} restarted (pid {})", c.id());
@@ -191,34 +225,50 @@ fn supervise(listen: SocketAddr, processes: usize, threads: usize, drain: Durati
     }
 }
 
-/// Bind (not listen) a SO_REUSEPORT socket on `listen` to fix the port (for :0) and to fail early
-/// if another user holds it. Not listening, it is never handed a connection.
-fn reserve(listen: SocketAddr) -> Result<(Socket, SocketAddr), String> {
-    let s = Socket::new(Domain::for_address(listen), Type::STREAM.cloexec(), Some(Protocol::TCP))
-        .map_err(|e| e.to_string())?;
-    s.set_reuse_address(true).map_err(|e| e.to_string())?;
-    s.set_reuse_port(true).map_err(|e| e.to_string())?;
-    s.bind(&listen.into()).map_err(|e| format!("cannot bind {listen}: {e}"))?;
-    let addr = s.local_addr().ok().and_then(|a| a.as_socket()).ok_or("no local address")?;
-    Ok((s, addr))
+/// The whole SO_REUSEPORT group: processes × threads listening sockets on one address (the
+/// first picks the port for `:0`), with the source-address steering program attached.
+fn listeners(plan: &Plan) -> Result<(Vec<mio::net::TcpListener>, SocketAddr), String> {
+    let n = plan.processes * plan.threads;
+    let first = crate::server::listener::bind_reuseport(plan.listen, plan.backlog).map_err(|e| e.to_string())?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    let mut group = vec![first];
+    for _ in 1..n {
+        group.push(crate::server::listener::bind_reuseport(addr, plan.backlog).map_err(|e| e.to_string())?);
+    }
+    if plan.steer_by_source_ip {
+        crate::server::listener::steer_by_source_ip(&group[0], n).map_err(|e| format!("steering: {e}"))?;
+    }
+    Ok((group, addr))
 }
 
-fn spawn(exe: &std::path::Path, index: usize, addr: SocketAddr, fd: &OwnedFd) -> std::io::Result<Child> {
+fn spawn(
+    exe: &std::path::Path,
+    index: usize,
+    addr: SocketAddr,
+    fd: &OwnedFd,
+    listeners: &[mio::net::TcpListener],
+) -> std::io::Result<Child> {
     let raw = fd.as_raw_fd();
+    let lfds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let list = lfds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",");
     let mut cmd = Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .env(ENV_INDEX, index.to_string())
         .env(ENV_LISTEN, addr.to_string())
         .env(ENV_METRICS_FD, raw.to_string())
+        .env(ENV_LISTEN_FDS, list)
         .env(ENV_PARENT, std::process::id().to_string())
         .process_group(0);
     // SAFETY: between fork and exec only async-signal-safe calls: clear close-on-exec on the
-    // metrics descriptor and unblock the signals the supervisor blocked for itself.
+    // metrics descriptor and this worker's listening sockets (the others' stay close-on-exec),
+    // and unblock the signals the supervisor blocked for itself.
     unsafe {
         cmd.pre_exec(move || {
-            let flags = libc::fcntl(raw, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for &f in std::iter::once(&raw).chain(lfds.iter()) {
+                let flags = libc::fcntl(f, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(f, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);

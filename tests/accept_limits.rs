@@ -1,6 +1,7 @@
-//! Accepting at the descriptor limit (EMFILE) and at --max-connections: the loop pauses and
-//! retries on a timer instead of spinning, counts it, and serves the waiting connections once
-//! there is room again. Its own test binary: it lowers this process's open-file limit.
+//! Accepting at the descriptor limit (EMFILE): the loop pauses and retries on a timer instead
+//! of spinning, counts it, and serves the waiting connections once there is room again; and at
+//! --max-connections: new connections are answered 503 at once while /healthz and /metrics keep
+//! answering. Its own test binary: it lowers this process's open-file limit.
 
 mod common;
 
@@ -12,7 +13,7 @@ use common::*;
 /// must not run beside anything else.
 #[test]
 fn accepting_pauses_at_limits_and_resumes() {
-    max_connections_holds_the_rest_in_the_backlog();
+    a_full_server_answers_503_and_still_serves_health();
     emfile_pauses_accepting_without_spinning_and_recovers();
 }
 
@@ -47,23 +48,39 @@ fn emfile_pauses_accepting_without_spinning_and_recovers() {
     drop(clients);
 }
 
-fn max_connections_holds_the_rest_in_the_backlog() {
+fn a_full_server_answers_503_and_still_serves_health() {
     let srv = server(|c| {
         c.threads = 1;
         c.max_connections = 3;
     });
-    let mut held: Vec<RawWs> = (0..3).map(|_| RawWs::connect(srv.local_addr(), "/echo")).collect();
-    // A fourth connects at TCP level (kernel backlog) but is not accepted while three are open.
-    let (req, _) = upgrade_request(srv.local_addr(), "/echo");
-    let mut waiting = tcp(srv.local_addr());
-    std::io::Write::write_all(&mut waiting, &req).unwrap();
-    wait_for("accept paused", Duration::from_secs(5), || srv.metrics().accept_pauses_total > 0);
-    assert_eq!(srv.metrics().connections_open, 3);
-    // One leaves; the waiting one is accepted and answered.
+    let a = srv.local_addr();
+    let mut held: Vec<RawWs> = (0..3).map(|_| RawWs::connect(a, "/echo")).collect();
+    // A fourth is answered at once: 503 with Retry-After, then closed.
+    let (req, _) = upgrade_request(a, "/echo");
+    let started = std::time::Instant::now();
+    let (status, text) = upgrade_answer(a, &req);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("Retry-After: 1"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Health and metrics still answer.
+    assert_eq!(get(a, "/healthz").0, 200);
+    let (status, _, body) = get(a, "/metrics");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(body).unwrap().contains("c100k_overflow_refusals_total 1"));
+    // With the overflow reserve full of idle connections too, new ones are refused on the spot.
+    let idle: Vec<_> = (0..c100k::net::limits::OVERFLOW_CONNS).map(|_| tcp(a)).collect();
+    wait_for("reserve full", Duration::from_secs(5), || {
+        srv.metrics().connections_open >= 3 + c100k::net::limits::OVERFLOW_CONNS
+    });
+    let (status, _) = upgrade_answer(a, &req);
+    assert_eq!(status, 503);
+    drop(idle);
+    // One leaves; a new connection is served again.
     let mut gone = held.pop().unwrap();
     gone.close(1000);
     gone.expect_close();
-    let mut buf = [0u8; 12];
-    std::io::Read::read_exact(&mut waiting, &mut buf).unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 101");
+    wait_for("room again", Duration::from_secs(5), || srv.metrics().connections_open < 3);
+    let mut ws = RawWs::connect(a, "/echo");
+    ws.text("back");
+    assert_eq!(ws.recv(), Some(Msg::Text("back".into())));
 }

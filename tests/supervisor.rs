@@ -119,3 +119,59 @@ fn source_ip_steering_keeps_a_room_in_one_process() {
         assert_eq!(m.recv(), Some(Msg::Text("{\"hi\":1}".into())));
     }
 }
+
+/// The pid of worker `index` of supervisor `sup`, if it is running.
+fn worker_pid(sup: i32, index: usize) -> Option<i32> {
+    let needle = format!("C100K_WORKER_INDEX={index}");
+    children(sup).into_iter().find(|&p| {
+        std::fs::read(format!("/proc/{p}/environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+    })
+}
+
+#[test]
+fn source_ip_steering_holds_across_a_worker_restart() {
+    // The kernel reorders a SO_REUSEPORT group when a socket leaves it; the supervisor holds the
+    // group's sockets, so a restarted worker gets its own back and every address keeps its
+    // worker: a room of members sharing an address stays together.
+    let bin = Binary::start(&["--processes", "3", "--threads", "1", "--reuseport-steer", "source-ip"]);
+    let connect_from = |src: &str| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&format!("{src}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        s.connect(&bin.addr.into()).unwrap();
+        RawWs::over(s.into(), bin.addr, "/ws?room=sticky")
+    };
+    let per_worker = || -> Vec<u64> {
+        (0..3).map(|i| metric(bin.addr, &format!("c100k_worker_websockets_open{{worker=\"{i}\"}}"))).collect()
+    };
+    let mut first = connect_from("127.0.0.21");
+    let home = per_worker().iter().position(|&n| n == 1).expect("one worker holds it");
+    // Kill each of the other workers in turn; after each restart a new member from the same
+    // address lands on the same worker and hears the first member.
+    for victim in (0..3).filter(|&w| w != home) {
+        let pid = worker_pid(bin.pid(), victim).expect("the victim runs");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        wait_for("restarted", Duration::from_secs(10), || {
+            worker_pid(bin.pid(), victim).is_some_and(|p| p != pid) && metric(bin.addr, "c100k_loops_listening") == 3
+        });
+        let mut next = connect_from("127.0.0.21");
+        assert_eq!(next.sync(), vec![]);
+        let counts = per_worker();
+        assert_eq!(counts.iter().sum::<u64>(), counts[home], "all on worker {home}: {counts:?}");
+        first.text(&format!("{{\"after\":{victim}}}"));
+        assert_eq!(next.recv(), Some(Msg::Text(format!("{{\"after\":{victim}}}"))), "the room held together");
+        next.close(1000);
+        next.expect_close();
+    }
+    // The home worker itself restarts: its member is gone, and the address comes back to it.
+    let pid = worker_pid(bin.pid(), home).expect("home runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    wait_for("restarted", Duration::from_secs(10), || {
+        worker_pid(bin.pid(), home).is_some_and(|p| p != pid) && metric(bin.addr, "c100k_loops_listening") == 3
+    });
+    let mut again = connect_from("127.0.0.21");
+    assert_eq!(again.sync(), vec![]);
+    let counts = per_worker();
+    assert_eq!(counts[home], 1, "back on worker {home}: {counts:?}");
+    drop(first);
+}

@@ -182,6 +182,7 @@ impl Engine {
                 pong_timeout: 1,
                 handshake_timeout: ticks(job.connect_timeout_ms * 1_000_000),
                 close_timeout: ticks(CLOSE_GRACE_NS),
+                message_timeout: 0,
             },
             max_inflight: ((job.concurrency as f64 * share).ceil() as usize).max(1),
             connect_per_sec: job.connect_rate * share,

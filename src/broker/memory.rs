@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Broker, Event, Gauges, Join, Joined, LoopId, Publish, Query, Reply, Settings, Sink};
-use crate::proto::v1::Position;
+use crate::proto::v1::{ErrorCode, Position};
 use crate::rooms::history::History;
 use crate::rooms::members::RoomId;
 use crate::rooms::message::{PresenceEvent, RoomMessage};
@@ -50,6 +50,26 @@ struct State {
     check_at: Option<Instant>,
     /// Removed from the map: requests that got here late look the room up again.
     dead: bool,
+    /// The room's rate limit: tokens left and when they were counted.
+    tokens: f64,
+    tokens_at: Instant,
+}
+
+impl State {
+    /// Take one publish from the room's rate limit (`--max-room-rate`). False: refused.
+    fn admit(&mut self, rate: Option<u32>, now: Instant) -> bool {
+        let Some(rate) = rate else { return true };
+        let cap = f64::from(rate.max(1));
+        let refill = now.duration_since(self.tokens_at).as_secs_f64() * cap;
+        self.tokens = (self.tokens + refill).min(cap);
+        self.tokens_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl State {
@@ -177,6 +197,8 @@ impl Inner {
                                 presence: Presence::default(),
                                 check_at: None,
                                 dead: false,
+                                tokens: f64::from(self.cfg.room_rate.for_members(1).unwrap_or(0)),
+                                tokens_at: now,
                             }),
                         });
                         map.insert(name, room.clone());
@@ -356,8 +378,24 @@ impl Broker for MemoryBroker {
     fn publish(&self, p: Publish<'_>) {
         let inner = &*self.inner;
         inner.with_room(p.room, |r, st| {
-            st.seq += 1;
             let now = Instant::now();
+            let rate = inner.cfg.room_rate.for_members(st.presence.conns());
+            if !st.admit(rate, now) {
+                inner.gauges.room_refused();
+                let reply = Reply::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!("room over --max-room-rate ({} messages/s)", rate.unwrap_or(0)),
+                };
+                // Told to whoever published: its v1 answer, or a seed-mode member's error.
+                let (to, id) = match (p.ack, p.origin) {
+                    (Some((to, id)), _) => (to, id),
+                    (None, Some(o)) => (o, None),
+                    (None, None) => return,
+                };
+                inner.sink.post(to.lp as usize, Event::Reply { to, id, reply }, to.lp as usize != p.lp);
+                return;
+            }
+            st.seq += 1;
             st.last_publish = now;
             st.last_active = now;
             let msg = Arc::new(RoomMessage::new(

@@ -72,6 +72,55 @@ pub trait Gauges: Send + Sync {
     fn history(&self, d: Delta);
     /// Rooms the broker holds state for (`+1` created, `-1` forgotten).
     fn rooms(&self, d: i64);
+    /// A publish refused by the room's rate limit.
+    fn room_refused(&self);
+}
+
+/// How many messages a second a room accepts (`--max-room-rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomRate {
+    Off,
+    /// This many messages a second, with a burst of as many.
+    Fixed(u32),
+    /// A delivery budget: this many deliveries a second, divided by the room's members (at
+    /// least [`MIN_AUTO_ROOM_RATE`] messages a second).
+    Auto(u32),
+}
+
+/// The least an automatic room rate allows, however large the room.
+pub const MIN_AUTO_ROOM_RATE: u32 = 10;
+
+/// Default delivery budget per room for [`RoomRate::Auto`].
+pub const ROOM_DELIVERIES_PER_SEC: u32 = 100_000;
+
+impl RoomRate {
+    /// Messages a second for a room of `members` connections (`None`: no limit).
+    pub fn for_members(self, members: u64) -> Option<u32> {
+        match self {
+            RoomRate::Off => None,
+            RoomRate::Fixed(n) => Some(n),
+            RoomRate::Auto(budget) => {
+                Some((u64::from(budget) / members.max(1)).clamp(u64::from(MIN_AUTO_ROOM_RATE), u64::from(budget)) as u32)
+            }
+        }
+    }
+
+    /// `auto`, `auto:DELIVERIES` (deliveries/s per room), `0` (off) or messages/s.
+    pub fn parse(s: &str) -> Result<RoomRate, String> {
+        let s = s.trim();
+        if s == "auto" {
+            return Ok(RoomRate::Auto(ROOM_DELIVERIES_PER_SEC));
+        }
+        if let Some(b) = s.strip_prefix("auto:") {
+            let b: u32 = b.parse().map_err(|_| format!("'{s}': auto:DELIVERIES_PER_SECOND"))?;
+            return Ok(RoomRate::Auto(b.max(1)));
+        }
+        match s.parse::<u32>() {
+            Ok(0) => Ok(RoomRate::Off),
+            Ok(n) => Ok(RoomRate::Fixed(n)),
+            Err(_) => Err(format!("'{s}' is not a number of messages per second, 0 or auto")),
+        }
+    }
 }
 
 /// Room settings shared by every broker.
@@ -85,6 +134,8 @@ pub struct Settings {
     pub history_ttl: Duration,
     /// A user whose last connection ended uncleanly stays present this long.
     pub presence_grace: Duration,
+    /// How many messages a second one room accepts.
+    pub room_rate: RoomRate,
 }
 
 /// A join request.

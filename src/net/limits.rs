@@ -3,8 +3,13 @@
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-/// File descriptors kept aside for listeners, the poller, wakers, logs and the like.
-pub const RESERVED_FDS: u64 = 64;
+/// Connections a full server still accepts past `--max-connections`, to answer them at once
+/// (503, or `/healthz` and `/metrics`) instead of leaving them unanswered in the backlog.
+pub const OVERFLOW_CONNS: u64 = 32;
+
+/// File descriptors kept aside for listeners, the poller, wakers, logs and the like, and for
+/// the overflow connections.
+pub const RESERVED_FDS: u64 = 64 + OVERFLOW_CONNS;
 
 /// The limit after raising, and what it means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +91,7 @@ mod tests {
     fn a_short_limit_says_how_to_raise_it() {
         let l = FdLimit { soft: 20_000, hard: 20_000, wanted: 100_064 };
         let line = l.describe("connections");
-        assert!(line.contains("about 19936 connections"), "{line}");
+        assert!(line.contains(&format!("about {} connections", 20_000 - RESERVED_FDS)), "{line}");
         assert!(line.contains("LimitNOFILE"), "{line}");
         assert!(line.contains("--processes"), "{line}");
     }

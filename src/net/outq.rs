@@ -1,62 +1,144 @@
 //! A connection's outbound queue, which exists only while its socket buffer is full.
 //!
 //! Bytes go straight to the socket whenever the queue is empty; what the kernel does not take is
-//! queued here as `Bytes` segments (a relayed frame is shared, not copied, between recipients)
-//! and written with `writev` on the next writable edge. The queue is freed once drained.
+//! queued here and written with `writev` on the next writable edge. The queue is freed once
+//! drained.
+//!
+//! What it holds is counted as memory, not as payload: a large frame shared between recipients
+//! is queued as a handle (`Bytes`, no copy) and costs its length plus the handle; small frames
+//! are copied into blocks, because a handle per 10-byte frame would cost four times the frame.
+//! [`OutQueue::cost`] is what the connection really holds, so limits on it (per connection,
+//! process-wide) bound memory and not a figure that hides the overhead.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Segments handed to one `writev`.
 const MAX_IOV: usize = 64;
+/// Frames up to this size are copied into blocks instead of queued as handles.
+pub const COALESCE_MAX: usize = 256;
+/// Size of a coalescing block.
+const BLOCK: usize = 4096;
+/// Memory one queue entry costs beyond its bytes (the ring slot and the handle).
+pub const ENTRY_COST: usize = std::mem::size_of::<Seg>() + 16;
+
+#[derive(Debug)]
+enum Seg {
+    /// A shared buffer (a relayed frame, the same for every recipient).
+    Shared(Bytes),
+    /// Small frames copied together; its capacity is what it costs.
+    Block(BytesMut),
+}
+
+impl Seg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Seg::Shared(b) => b,
+            Seg::Block(b) => b,
+        }
+    }
+
+    fn cost(&self) -> usize {
+        ENTRY_COST
+            + match self {
+                Seg::Shared(b) => b.len(),
+                Seg::Block(b) => b.capacity(),
+            }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match self {
+            Seg::Shared(b) => b.advance(n),
+            Seg::Block(b) => b.advance(n),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    segs: VecDeque<Bytes>,
-    queued: usize,
+    segs: VecDeque<Seg>,
+    /// Bytes waiting to be written.
+    len: usize,
+    /// Memory held (see the module docs).
+    cost: usize,
     /// The front segment was partly written (it must be finished before anything else is sent).
     front_started: bool,
 }
 
 impl OutQueue {
-    pub fn queued(&self) -> usize {
-        self.queued
+    /// Memory the queue holds, in bytes.
+    pub fn cost(&self) -> usize {
+        self.cost
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queued == 0
+        self.len == 0
     }
 
-    pub fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.queued += b.len();
-            self.segs.push_back(b);
+    /// Queue `b` behind what is queued. Returns the memory it added.
+    pub fn push(&mut self, b: Bytes) -> usize {
+        if b.is_empty() {
+            return 0;
         }
+        let before = self.cost;
+        self.len += b.len();
+        if b.len() <= COALESCE_MAX {
+            let started_alone = self.front_started && self.segs.len() == 1;
+            match self.segs.back_mut() {
+                // Append to the last block (not one already being written out: its start moves).
+                Some(Seg::Block(blk)) if blk.capacity() - blk.len() >= b.len() && !started_alone => {
+                    blk.extend_from_slice(&b);
+                }
+                _ => {
+                    let mut blk = BytesMut::with_capacity(BLOCK);
+                    blk.extend_from_slice(&b);
+                    self.cost += ENTRY_COST + blk.capacity();
+                    self.segs.push_back(Seg::Block(blk));
+                }
+            }
+        } else {
+            let seg = Seg::Shared(b);
+            self.cost += seg.cost();
+            self.segs.push_back(seg);
+        }
+        self.cost - before
     }
 
     /// Queue what a partial write left over. If the queue was empty and some bytes of the buffer
     /// were already written, its front is now the tail of a started frame and must not be dropped.
-    pub fn push_rest(&mut self, rest: Bytes, some_written: bool) {
+    pub fn push_rest(&mut self, rest: Bytes, some_written: bool) -> usize {
         if self.segs.is_empty() && some_written && !rest.is_empty() {
             self.front_started = true;
+            let seg = Seg::Shared(rest);
+            self.len += seg.bytes().len();
+            self.cost += seg.cost();
+            let c = seg.cost();
+            self.segs.push_back(seg);
+            return c;
         }
-        self.push(rest);
+        self.push(rest)
     }
 
-    /// Write as much as the socket takes. Returns the bytes written; the queue is empty when
-    /// `is_empty()` afterwards. WouldBlock is not an error (it just stops).
-    pub fn flush(&mut self, w: &mut impl Write) -> io::Result<usize> {
+    /// Write as much as the socket takes. Returns (bytes written, memory freed); the queue is
+    /// empty when `is_empty()` afterwards. WouldBlock is not an error (it just stops).
+    pub fn flush(&mut self, w: &mut impl Write) -> io::Result<(usize, usize)> {
+        let before = self.cost;
         let mut written = 0;
         while !self.segs.is_empty() {
             let res = if self.segs.len() == 1 {
-                w.write(&self.segs[0])
+                w.write(self.segs[0].bytes())
             } else {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = self.segs.len().min(MAX_IOV);
-                for (slot, b) in iov.iter_mut().zip(self.segs.iter()) {
-                    *slot = IoSlice::new(b);
+                for (slot, s) in iov.iter_mut().zip(self.segs.iter()) {
+                    *slot = IoSlice::new(s.bytes());
                 }
                 w.write_vectored(&iov[..n])
             };
@@ -71,19 +153,25 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        Ok(written)
+        Ok((written, before - self.cost))
     }
 
     fn consume(&mut self, mut n: usize) {
-        self.queued -= n;
+        self.len -= n;
         while n > 0 {
             let front = &mut self.segs[0];
-            if n >= front.len() {
-                n -= front.len();
-                self.segs.pop_front();
+            let flen = front.bytes().len();
+            if n >= flen {
+                n -= flen;
+                if let Some(s) = self.segs.pop_front() {
+                    self.cost -= s.cost();
+                }
                 self.front_started = false;
             } else {
+                // A shared segment's cost shrinks with it; a block's is its capacity until freed.
+                let c0 = front.cost();
                 front.advance(n);
+                self.cost -= c0 - front.cost();
                 self.front_started = true;
                 n = 0;
             }
@@ -91,13 +179,17 @@ impl OutQueue {
     }
 
     /// Drop every segment not yet started (to close a slow consumer quickly). A partly written
-    /// front segment is kept so the stream stays well-formed. Returns the bytes dropped.
+    /// front segment is kept so the stream stays well-formed. Returns the memory freed.
     pub fn drop_unstarted(&mut self) -> usize {
         let keep = usize::from(self.front_started);
-        let dropped: usize = self.segs.iter().skip(keep).map(Bytes::len).sum();
-        self.segs.truncate(keep);
-        self.queued -= dropped;
-        dropped
+        let before = self.cost;
+        while self.segs.len() > keep {
+            if let Some(s) = self.segs.pop_back() {
+                self.len -= s.bytes().len();
+                self.cost -= s.cost();
+            }
+        }
+        before - self.cost
     }
 }
 
@@ -106,7 +198,7 @@ impl OutQueue {
 pub struct Handed {
     /// Written to the socket now.
     pub written: usize,
-    /// Put in the queue.
+    /// Memory the queue gained.
     pub queued: usize,
     /// The socket refused bytes: the queue now waits for a writable edge.
     pub blocked: bool,
@@ -120,8 +212,8 @@ pub fn send_or_queue(w: &mut impl Write, out: &mut Option<Box<OutQueue>>, data: 
         return Ok(Handed { written: 0, queued: 0, blocked: false });
     }
     if let Some(q) = out.as_mut() {
-        q.push(Bytes::copy_from_slice(data));
-        return Ok(Handed { written: 0, queued: data.len(), blocked: false });
+        let queued = q.push(Bytes::copy_from_slice(data));
+        return Ok(Handed { written: 0, queued, blocked: false });
     }
     let mut n = 0;
     while n < data.len() {
@@ -133,10 +225,11 @@ pub fn send_or_queue(w: &mut impl Write, out: &mut Option<Box<OutQueue>>, data: 
             Err(e) => return Err(e),
         }
     }
+    let mut queued = 0;
     if n < data.len() {
-        out.get_or_insert_with(Box::default).push_rest(Bytes::copy_from_slice(&data[n..]), n > 0);
+        queued = out.get_or_insert_with(Box::default).push_rest(Bytes::copy_from_slice(&data[n..]), n > 0);
     }
-    Ok(Handed { written: n, queued: data.len() - n, blocked: n < data.len() })
+    Ok(Handed { written: n, queued, blocked: n < data.len() })
 }
 
 #[cfg(test)]
@@ -165,18 +258,24 @@ mod tests {
         }
     }
 
+    fn big(n: usize, fill: u8) -> Bytes {
+        Bytes::from(vec![fill; n])
+    }
+
     #[test]
     fn send_or_queue_writes_then_queues_and_keeps_order() {
         let mut out = None;
         let mut w = Trickle { cap: 4, budget: 6, got: vec![] };
         let h = send_or_queue(&mut w, &mut out, b"abcdefgh").unwrap();
-        assert_eq!(h, Handed { written: 6, queued: 2, blocked: true });
+        assert_eq!((h.written, h.blocked), (6, true));
+        assert_eq!(h.queued, out.as_ref().unwrap().cost());
         // Behind a queue nothing is written directly, so order is kept.
         w.budget = 100;
         let h = send_or_queue(&mut w, &mut out, b"ij").unwrap();
-        assert_eq!(h, Handed { written: 0, queued: 2, blocked: false });
+        assert_eq!((h.written, h.blocked), (0, false));
         let q = out.as_mut().unwrap();
-        assert_eq!(q.drop_unstarted(), 2, "the tail of a started buffer stays");
+        assert!(q.drop_unstarted() > 0);
+        assert_eq!(q.len(), 2, "the tail of a started buffer stays");
         q.flush(&mut w).unwrap();
         assert_eq!(w.got, b"abcdefgh");
     }
@@ -186,26 +285,77 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_rest(Bytes::from_static(b"tail of a frame"), true);
         q.push(Bytes::from_static(b"next frame"));
-        assert_eq!(q.drop_unstarted(), 10);
-        assert_eq!(q.queued(), 15);
+        q.drop_unstarted();
+        assert_eq!(q.len(), 15);
         let mut q = OutQueue::default();
         q.push_rest(Bytes::from_static(b"nothing written yet"), false);
-        assert_eq!(q.drop_unstarted(), 19);
+        q.drop_unstarted();
+        assert!(q.is_empty() && q.cost() == 0);
     }
 
     #[test]
-    fn flushes_in_order_across_partial_writes() {
+    fn flushes_in_order_across_partial_writes_and_frees_what_it_wrote() {
         let mut q = OutQueue::default();
-        q.push(Bytes::from_static(b"hello "));
-        q.push(Bytes::from_static(b"big "));
+        q.push(big(300, b'a'));
+        q.push(Bytes::from_static(b"small "));
+        q.push(big(400, b'b'));
         q.push(Bytes::from_static(b"world"));
-        let mut w = Trickle { cap: 4, budget: 7, got: vec![] };
-        assert_eq!(q.flush(&mut w).unwrap(), 7);
-        assert_eq!(q.queued(), 8);
-        assert_eq!(q.drop_unstarted(), 5, "the started 'big ' stays, 'world' goes");
+        let total = q.cost();
+        let mut w = Trickle { cap: 100, budget: 350, got: vec![] };
+        let (n, freed) = q.flush(&mut w).unwrap();
+        assert_eq!(n, 350);
+        assert_eq!(q.cost(), total - freed);
+        w.budget = 10_000;
+        let (_, freed2) = q.flush(&mut w).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(q.cost(), 0);
+        assert_eq!(freed + freed2, total, "everything added is taken off again");
+        let mut want = vec![b'a'; 300];
+        want.extend_from_slice(b"small ");
+        want.extend(vec![b'b'; 400]);
+        want.extend_from_slice(b"world");
+        assert_eq!(w.got, want);
+    }
+
+    #[test]
+    fn small_frames_cost_their_bytes_not_a_handle_each() {
+        let mut q = OutQueue::default();
+        let frame = Bytes::from_static(b"\x81\x011");
+        let mut added = 0;
+        for _ in 0..100_000 {
+            added += q.push(frame.clone());
+        }
+        assert_eq!(added, q.cost());
+        assert_eq!(q.len(), 300_000);
+        // Blocks of 4 KiB hold ~1,365 frames each: the cost is within a few percent of the bytes.
+        assert!(q.cost() < 300_000 * 105 / 100, "cost {} for 300,000 bytes", q.cost());
+        // A large frame is shared (no copy) and costs its length plus one entry.
+        let mut q = OutQueue::default();
+        let b = big(10_000, 7);
+        assert_eq!(q.push(b.clone()), 10_000 + ENTRY_COST);
+        // Interleaved small and large frames keep their order.
+        q.push(Bytes::from_static(b"xy"));
+        q.push(b.clone());
+        q.push(Bytes::from_static(b"z"));
+        let mut w = Trickle { cap: usize::MAX, budget: usize::MAX, got: vec![] };
+        q.flush(&mut w).unwrap();
+        let mut want = vec![7u8; 10_000];
+        want.extend_from_slice(b"xy");
+        want.extend(vec![7u8; 10_000]);
+        want.extend_from_slice(b"z");
+        assert_eq!(w.got, want);
+    }
+
+    #[test]
+    fn a_block_being_written_is_not_appended_to() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abcdef"));
+        let mut w = Trickle { cap: 3, budget: 3, got: vec![] };
+        q.flush(&mut w).unwrap(); // "abc" out, "def" started
+        q.push(Bytes::from_static(b"gh"));
+        assert!(q.drop_unstarted() > 0, "gh went to a new block, droppable");
         w.budget = 100;
         q.flush(&mut w).unwrap();
-        assert!(q.is_empty());
-        assert_eq!(w.got, b"hello big ");
+        assert_eq!(w.got, b"abcdef");
     }
 }

@@ -83,17 +83,14 @@ impl RoomMessage {
     /// The whole frame for `wire`, built on first use and shared afterwards.
     pub fn frame(&self, wire: Wire) -> &Bytes {
         self.enc[wire as usize].get_or_init(|| {
-            let mut v = Vec::with_capacity(self.payload.len() + 160);
-            match wire {
-                Wire::Raw => match &self.payload {
-                    Payload::Json(s) => frame::write_frame(&mut v, OpCode::Data(Data::Text), s.as_bytes()),
-                    Payload::Binary(b) => frame::write_frame(&mut v, OpCode::Data(Data::Binary), b),
-                },
-                Wire::V1 => {
-                    let json = self.v1_json_uncached();
-                    frame::write_frame(&mut v, OpCode::Data(Data::Text), &json);
-                }
-            }
+            // Allocated to size: a shared frame keeps its whole allocation alive.
+            let (opcode, body): (_, std::borrow::Cow<'_, [u8]>) = match (wire, &self.payload) {
+                (Wire::Raw, Payload::Json(s)) => (Data::Text, s.as_bytes().into()),
+                (Wire::Raw, Payload::Binary(b)) => (Data::Binary, (&**b).into()),
+                (Wire::V1, _) => (Data::Text, self.v1_json_uncached().into()),
+            };
+            let mut v = Vec::with_capacity(body.len() + frame::MAX_HEADER_LEN);
+            frame::write_frame(&mut v, OpCode::Data(opcode), &body);
             Bytes::from(v)
         })
     }

@@ -19,6 +19,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Presence {
     users: HashMap<Arc<str>, Entry>,
+    /// Connections of all users (the room's members).
+    conns: u64,
 }
 
 /// What a leave means for the room.
@@ -38,6 +40,7 @@ impl Presence {
     /// A connection of `user` joined. True when the user is newly present (report
     /// `presence_join`); a return within the grace period is not news.
     pub fn join(&mut self, user: &Arc<str>) -> bool {
+        self.conns += 1;
         match self.users.get_mut(user) {
             Some(e) => {
                 e.conns += 1;
@@ -60,6 +63,7 @@ impl Presence {
             return Leave::Unknown;
         }
         e.conns -= 1;
+        self.conns -= 1;
         if e.conns > 0 {
             return Leave::Stays;
         }
@@ -99,6 +103,11 @@ impl Presence {
         self.users.is_empty()
     }
 
+    /// Connections in the room (all users).
+    pub fn conns(&self) -> u64 {
+        self.conns
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }
@@ -118,6 +127,7 @@ mod tests {
         assert!(p.join(&ann));
         assert!(!p.join(&ann), "a second connection is not news");
         assert_eq!(p.users(), vec![(ann.clone(), 2)]);
+        assert_eq!(p.conns(), 2);
         assert_eq!(p.leave("ann", false, t, GRACE), Leave::Stays);
         assert_eq!(p.leave("ann", true, t, GRACE), Leave::Gone);
         assert!(p.is_empty());

@@ -13,8 +13,8 @@ use crate::net::outq::OutQueue;
 use crate::proto::ws::session::Session;
 
 /// Bytes of the slab entry we allow (`tests/` measures it): 4 (socket) + 4 (generation) +
-/// 4 (timer id) + 2 (route, flags) + 24 (session) + 8 (queue pointer) + 8 (peer pointer),
-/// rounded up to 64 so the slab entry fits one cache line.
+/// 4 (timer id) + 4 (route, flags) + 24 (session) + 8 (queue pointer) + 8 (peer pointer) = 56,
+/// within 64 so the slab entry fits one cache line.
 pub const SIZE_BUDGET: usize = 64;
 
 /// What the connection is, once its request is answered.
@@ -43,23 +43,31 @@ impl Route {
 /// Flag bits in [`Conn::flags`].
 pub mod flags {
     /// Reading is paused because too much output is queued (resumes when it drains).
-    pub const READ_PAUSED: u8 = 1;
+    pub const READ_PAUSED: u16 = 1;
     /// We shut down our writing side (after the last byte of a finished session).
-    pub const WR_SHUT: u8 = 2;
+    pub const WR_SHUT: u16 = 2;
     /// The peer closed its writing side.
-    pub const PEER_EOF: u8 = 4;
+    pub const PEER_EOF: u16 = 4;
     /// Close the socket as soon as our last bytes are out (RFC 6455 §7.1.1: the server closes
     /// TCP first after a closing handshake). Without it, a finished connection is half-closed
     /// and kept until the peer's EOF, so a peer still sending cannot RST away our last bytes.
-    pub const CLOSE_WHEN_FLUSHED: u8 = 8;
+    pub const CLOSE_WHEN_FLUSHED: u16 = 8;
     /// Frames were corked for this connection in this loop iteration; it is on the flush list.
-    pub const DIRTY: u8 = 16;
+    pub const DIRTY: u16 = 16;
     /// The socket refused bytes: the queue is flushed on the next writable edge.
-    pub const BLOCKED: u8 = 32;
+    pub const BLOCKED: u16 = 32;
     /// An HTTP request waits for the broker's answer; later requests wait behind it.
-    pub const AWAITING: u8 = 64;
+    pub const AWAITING: u16 = 64;
     /// The awaited HTTP answer keeps the connection open.
-    pub const KEEP_ALIVE: u8 = 128;
+    pub const KEEP_ALIVE: u16 = 128;
+    /// Not read while the process's buffered input is over --max-buffered-input.
+    pub const INPUT_PAUSED: u16 = 256;
+    /// Accepted over --max-connections: may only ask for /healthz or /metrics (else 503).
+    pub const OVERFLOW: u16 = 512;
+    /// Its client address holds --max-connections-per-ip already (429).
+    pub const PER_IP: u16 = 1024;
+    /// From --metrics-listen: only /metrics and /healthz (else 404).
+    pub const ADMIN: u16 = 2048;
 }
 
 /// Marks a seat whose join the broker has not answered yet.
@@ -142,7 +150,7 @@ pub struct Conn {
     /// Id of the connection's live timer entry; older entries are stale.
     pub timer: u32,
     pub route: Route,
-    pub flags: u8,
+    pub flags: u16,
     pub sess: Session,
     pub out: Option<Box<OutQueue>>,
     pub peer: Option<Box<Peer>>,
@@ -151,7 +159,7 @@ pub struct Conn {
 /// Result of handing bytes to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
-    /// Written to the socket or queued; carries (bytes written now, bytes newly queued).
+    /// Written to the socket or queued; carries (bytes written now, memory newly queued).
     Ok { written: usize, queued: usize },
     /// The socket failed; drop the connection.
     Broken,
@@ -162,24 +170,24 @@ impl Conn {
         Conn { stream, gen, timer: 0, route: Route::Http, flags: 0, sess, out: None, peer: None }
     }
 
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    /// Bytes waiting in the outbound queue.
+    /// Memory held by the outbound queue (its bytes and their bookkeeping).
     pub fn queued(&self) -> usize {
-        self.out.as_ref().map_or(0, |q| q.queued())
+        self.out.as_ref().map_or(0, |q| q.cost())
     }
 
-    /// Queue a shared buffer (no copy) to go out at the end of the loop iteration, together with
+    /// Queue a shared buffer to go out at the end of the loop iteration, together with
     /// everything else queued for this connection meanwhile: one `writev` for many frames.
-    /// Returns true the first time in an iteration (the caller lists the connection for the
-    /// end-of-iteration flush).
-    pub fn cork(&mut self, b: &Bytes) -> bool {
-        self.out.get_or_insert_with(Box::default).push(b.clone());
+    /// Returns whether this is the first time in an iteration (the caller lists the connection
+    /// for the end-of-iteration flush) and the memory the queue gained.
+    pub fn cork(&mut self, b: &Bytes) -> (bool, usize) {
+        let added = self.out.get_or_insert_with(Box::default).push(b.clone());
         let first = !self.has(flags::DIRTY);
         self.flags |= flags::DIRTY;
-        first
+        (first, added)
     }
 
     /// Send bytes from a scratch buffer; the part the socket does not take is copied once into
@@ -196,19 +204,20 @@ impl Conn {
         }
     }
 
-    /// Flush the queue; frees it when drained. Returns (written, drained).
-    pub fn flush(&mut self) -> io::Result<(usize, bool)> {
+    /// Flush the queue; frees it when drained. Returns (bytes written, memory freed).
+    pub fn flush(&mut self) -> io::Result<(usize, usize)> {
         let Some(q) = self.out.as_mut() else {
-            return Ok((0, true));
+            return Ok((0, 0));
         };
-        let n = q.flush(&mut self.stream)?;
+        let (n, freed) = q.flush(&mut self.stream)?;
         if q.is_empty() {
+            let rest = q.cost();
             self.out = None;
             self.flags &= !flags::BLOCKED;
-            return Ok((n, true));
+            return Ok((n, freed + rest));
         }
         self.flags |= flags::BLOCKED;
-        Ok((n, false))
+        Ok((n, freed))
     }
 }
 

@@ -66,8 +66,14 @@ metrics! {
     heartbeat_timeouts_total: "counter", "Connections dropped because a ping went unanswered.";
     slow_consumer_closes_total: "counter", "Connections closed with 1008 because their outbound queue passed --max-backlog.";
     accept_errors_total: "counter", "accept() failures (EMFILE/ENFILE pause accepting for a while).";
-    accept_pauses_total: "counter", "Times accepting was paused (descriptor limit or --max-connections).";
-    outbound_queued_bytes: "gauge", "Bytes queued for connections whose socket buffer is full.";
+    accept_pauses_total: "counter", "Times accepting was paused (descriptor limit, or --max-connections and its overflow reserve full).";
+    overflow_refusals_total: "counter", "Connections answered 503 because the server was at --max-connections.";
+    per_ip_refusals_total: "counter", "Connections answered 429 because their address was at --max-connections-per-ip.";
+    outbound_queued_bytes: "gauge", "Memory held by outbound queues of connections whose socket refused bytes (their bytes and bookkeeping).";
+    outbound_budget_closes_total: "counter", "Slowest consumers closed with 1008 because outbound queues passed --max-outbound-memory.";
+    inbound_buffered_bytes: "gauge", "Memory held for incomplete input (messages, frames and requests not yet complete).";
+    input_pauses_total: "counter", "Times a connection was not read because buffered input passed --max-buffered-input.";
+    message_timeouts_total: "counter", "Connections closed with 1008 for a message not completed within --message-timeout.";
     rooms: "gauge", "Rooms with members on this server (counted once per loop holding members).";
     cross_loop_deliveries_total: "counter", "Room messages fanned out by a loop other than the publisher's.";
     joins_total: "counter", "Room joins completed (seed-mode members included).";
@@ -75,6 +81,7 @@ metrics! {
     messages_recovered_total: "counter", "Messages replayed from history to members that joined with since.";
     presence_events_sent_total: "counter", "presence_join/presence_leave events sent (each recipient counts once).";
     rate_limited_total: "counter", "Publishes refused by --max-publish-rate.";
+    room_rate_limited_total: "counter", "Publishes refused by --max-room-rate (the room's own limit).";
     flood_closes_total: "counter", "Connections closed with 1008 for publishing over the rate again and again.";
     v1_errors_total: "counter", "v1 error replies sent.";
     auth_failures_total: "counter", "Requests refused with 401 (missing, malformed, wrongly signed or expired token; wrong API key).";

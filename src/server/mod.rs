@@ -25,7 +25,7 @@ use self::metrics::Snapshot;
 use self::metrics_store::MetricsStore;
 use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::{Broker, Event, Gauges, LoopId, Settings, Sink};
+use crate::broker::{Broker, Event, Gauges, LoopId, RoomRate, Settings, Sink};
 use crate::rooms::history::Delta;
 
 #[cfg(not(target_pointer_width = "64"))]
@@ -76,11 +76,32 @@ pub struct Config {
     pub history_ttl: Duration,
     /// A user whose last connection in a room ended uncleanly stays present this long.
     pub presence_grace: Duration,
+    /// A message begun but not completed within this long closes the connection with 1008.
+    pub message_timeout: Duration,
+    /// Incomplete input this process may hold in all; past it, connections holding some are
+    /// not read until it frees.
+    pub max_buffered_input: usize,
+    /// Outbound queues this process may hold in all; past it, the slowest consumers are closed.
+    pub max_outbound_memory: usize,
+    /// Messages a second one room accepts.
+    pub max_room_rate: RoomRate,
+    /// Connections one client address may hold (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Serve `/metrics` and `/healthz` on this address too (loop 0), e.g. a private one.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default `--max-publish-rate`: messages a second per connection (chat, collaboration and game
 /// clients send a few to a few dozen; bursts up to this pass).
 pub const DEFAULT_PUBLISH_RATE: u32 = 200;
+
+/// Default `--max-outbound-memory`: 1 GiB, or a quarter of the machine's memory if that is less.
+pub fn default_outbound_memory() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<usize>().ok())
+    });
+    total.map_or(1 << 30, |kb| (kb * 1024 / 4).min(1 << 30))
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -106,6 +127,12 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             presence_grace: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(30),
+            max_buffered_input: 64 << 20,
+            max_outbound_memory: default_outbound_memory(),
+            max_room_rate: RoomRate::Auto(crate::broker::ROOM_DELIVERIES_PER_SEC),
+            max_connections_per_ip: 0,
+            metrics_listen: None,
         }
     }
 }
@@ -132,6 +159,10 @@ pub(crate) struct Shared {
     pub metrics: Arc<MetricsStore>,
     /// Connections open in this process (for --max-connections).
     pub open: AtomicUsize,
+    /// Incomplete input held by this process's connections (for --max-buffered-input).
+    pub inbound: AtomicUsize,
+    /// Connections per client address (only with --max-connections-per-ip).
+    pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
     pub auth: Auth,
     pub broker: Arc<dyn Broker>,
 }
@@ -179,15 +210,21 @@ impl Gauges for BrokerGauges {
     fn rooms(&self, d: i64) {
         self.0.mine(0).broker_rooms.add_shared(d);
     }
+
+    fn room_refused(&self) {
+        self.0.mine(0).room_rate_limited_total.add_shared(1);
+    }
 }
 
 const LISTENER: Token = Token(usize::MAX);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 1);
 
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Vec<JoinHandle<()>>,
@@ -204,8 +241,6 @@ impl Server {
     /// shares with its siblings).
     pub fn start_with(cfg: Config, metrics: MetricsStore) -> io::Result<Server> {
         let n = cfg.threads.max(1);
-        let auth = Auth::new(cfg.jwt_secret.as_deref(), cfg.allowed_origins.as_deref())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let first = listener::bind_reuseport(cfg.listen, cfg.backlog)?;
         // With port 0 the first bind picks the port; the others join it.
         let local_addr = first.local_addr()?;
@@ -216,8 +251,37 @@ impl Server {
         if let Some(group) = cfg.steer_by_source_ip {
             listener::steer_by_source_ip(&listeners[0], group)?;
         }
+        Self::run_loops(cfg, metrics, listeners, local_addr)
+    }
+
+    /// Start on listening sockets made by a supervisor (one per loop; their group and its
+    /// steering are the supervisor's).
+    pub fn start_inherited(
+        cfg: Config,
+        metrics: MetricsStore,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> io::Result<Server> {
+        let mut listeners = Vec::with_capacity(inherited.len());
+        for l in inherited {
+            l.set_nonblocking(true)?;
+            listeners.push(mio::net::TcpListener::from_std(l));
+        }
+        let local_addr = listeners.first().ok_or(io::ErrorKind::InvalidInput)?.local_addr()?;
+        Self::run_loops(cfg, metrics, listeners, local_addr)
+    }
+
+    fn run_loops(
+        cfg: Config,
+        metrics: MetricsStore,
+        mut listeners: Vec<mio::net::TcpListener>,
+        local_addr: SocketAddr,
+    ) -> io::Result<Server> {
+        let n = listeners.len();
+        let auth = Auth::new(cfg.jwt_secret.as_deref(), cfg.allowed_origins.as_deref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut polls = Vec::with_capacity(n);
         let mut mailboxes = Vec::with_capacity(n);
+        let cfg = Config { threads: n, ..cfg };
         for l in listeners.iter_mut() {
             let poll = Poll::new()?;
             poll.registry().register(l, LISTENER, Interest::READABLE)?;
@@ -231,23 +295,49 @@ impl Server {
             history_size: cfg.history_size,
             history_ttl: cfg.history_ttl,
             presence_grace: cfg.presence_grace,
+            room_rate: cfg.max_room_rate,
         };
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
             settings,
             Arc::new(Mailboxes(mailboxes.clone())),
             Arc::new(BrokerGauges(metrics.clone())),
         ));
-        let shared = Arc::new(Shared { metrics, open: AtomicUsize::new(0), cfg, auth, broker });
+        let admin = match cfg.metrics_listen {
+            Some(a) => Some(listener::bind_reuseport(a, 128)?),
+            None => None,
+        };
+        let metrics_addr = match &admin {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            metrics,
+            open: AtomicUsize::new(0),
+            inbound: AtomicUsize::new(0),
+            per_ip: Default::default(),
+            cfg,
+            auth,
+            broker,
+        });
         let mut threads = Vec::with_capacity(n);
+        let mut admin = admin;
         for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-            let w = worker::Worker::new(id, poll, listener, shared.clone(), mailboxes[id].clone());
+            let mut w = worker::Worker::new(id, poll, listener, shared.clone(), mailboxes[id].clone());
+            if let Some(a) = admin.take() {
+                w.serve_admin(a)?;
+            }
             threads.push(std::thread::Builder::new().name(format!("c100k-loop-{id}")).spawn(move || w.run())?);
         }
-        Ok(Server { local_addr, shared, mailboxes, threads })
+        Ok(Server { local_addr, metrics_addr, shared, mailboxes, threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where --metrics-listen serves, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Metrics summed over all loops.

@@ -30,10 +30,11 @@ impl Relay {
 
     /// Queue `frame` for connection `key` (no copy); it goes out in [`Relay::flush_dirty`].
     pub fn send(&mut self, key: usize, c: &mut Conn, frame: &Bytes, m: &LoopMetrics) {
-        if c.cork(frame) {
+        let (first, added) = c.cork(frame);
+        if first {
             self.dirty.push((key, c.gen));
         }
-        m.outbound_queued_bytes.add(frame.len() as u64);
+        m.outbound_queued_bytes.add(added as u64);
         if c.queued() > self.max_backlog {
             // Flush before judging: only what the socket refuses counts.
             self.flush_one(key, c, m);
@@ -45,9 +46,9 @@ impl Relay {
 
     fn flush_one(&mut self, key: usize, c: &mut Conn, m: &LoopMetrics) {
         match c.flush() {
-            Ok((n, _)) => {
+            Ok((n, freed)) => {
                 m.bytes_sent_total.add(n as u64);
-                m.outbound_queued_bytes.sub(n as u64);
+                m.outbound_queued_bytes.sub(freed as u64);
             }
             Err(_) => self.broken.push((key, c.gen)),
         }

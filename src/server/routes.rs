@@ -80,6 +80,10 @@ pub enum Decision {
 pub enum Refused {
     Auth,
     Origin,
+    /// The server is at --max-connections (503).
+    Full,
+    /// The address is at --max-connections-per-ip (429).
+    PerIp,
     Other,
 }
 
@@ -94,6 +98,8 @@ impl Decision {
         match self {
             Decision::Respond(r) if r.status == 401 => Some(Refused::Auth),
             Decision::Respond(r) if r.status == 403 && r.ws => Some(Refused::Origin),
+            Decision::Respond(r) if r.status == 503 => Some(Refused::Full),
+            Decision::Respond(r) if r.status == 429 => Some(Refused::PerIp),
             Decision::Respond(r) if r.status >= 400 => Some(Refused::Other),
             _ => None,
         }
@@ -106,6 +112,20 @@ pub struct Ctx<'a> {
     pub api_key: Option<&'a str>,
     /// An id for a connection that names no user (open server).
     pub fallback_user: &'a mut dyn FnMut() -> String,
+    /// What this connection may ask for.
+    pub restrict: Restrict,
+}
+
+/// Connections that may only ask for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restrict {
+    None,
+    /// Accepted past --max-connections: anything else gets 503 with Retry-After.
+    Full,
+    /// Its address is at --max-connections-per-ip: anything else gets 429 with Retry-After.
+    PerIp,
+    /// The --metrics-listen address: anything else gets 404.
+    Admin,
 }
 
 fn text(status: u16, body: &'static str, close: bool, ws: bool) -> Decision {
@@ -152,6 +172,23 @@ pub fn route(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>) -> Decision 
 fn decide(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>) -> Decision {
     let close = !req.keep_alive();
     let get = req.method == "GET";
+    let retry = |status, why: &'static str| {
+        Decision::Respond(Response {
+            status,
+            headers: vec![("Retry-After", "1".into())],
+            body: Reply::Text(why.into()),
+            close: true,
+            ws: false,
+        })
+    };
+    match (ctx.restrict, req.path) {
+        (Restrict::None, _) | (_, "/healthz" | "/metrics") => {}
+        (Restrict::Full, _) => return retry(503, "server full: retry later\n"),
+        (Restrict::PerIp, _) => return retry(429, "too many connections from this address\n"),
+        (Restrict::Admin, _) => {
+            return text(404, "not found (this address serves /metrics and /healthz)\n", true, false)
+        }
+    }
     match req.path {
         "/healthz" | "/metrics" if !get => {
             return Decision::Respond(Response {
@@ -373,7 +410,7 @@ mod tests {
             n += 1;
             format!("anon-{n}")
         };
-        let mut ctx = Ctx { auth, api_key, fallback_user: &mut fallback };
+        let mut ctx = Ctx { auth, api_key, fallback_user: &mut fallback, restrict: Restrict::None };
         match parse(head.as_bytes(), Limits { max_head: 16 * 1024, max_body: 1 << 20 }) {
             Parsed::Complete { req, body, .. } => route(&req, &body, &mut ctx),
             other => panic!("{other:?}"),

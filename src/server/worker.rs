@@ -28,8 +28,8 @@ use super::messages::{self, After};
 use super::metrics::LoopMetrics;
 use super::relay::Relay;
 use super::rooms::{v1_frame, Rooms};
-use super::routes::{self, ApiCall, Decision, Refused, Reply as Answer, Response, WsKind};
-use super::{Command, Mailbox, Shared, LISTENER, WAKER};
+use super::routes::{self, ApiCall, Decision, Refused, Reply as Answer, Response, Restrict, WsKind};
+use super::{Command, Mailbox, Shared, ADMIN_LISTENER, LISTENER, WAKER};
 use crate::auth::Identity;
 use crate::broker::{Event, Publish, Query, Reply};
 use crate::proto::http::{self, Limits, Parsed};
@@ -37,7 +37,7 @@ use crate::proto::v1;
 use crate::proto::ws::frame::{codes, Role};
 use crate::proto::ws::handshake;
 use crate::proto::ws::session::{Arm, Ending, Event as WsEvent, Expiry, Phase, Session, SessionConfig, TimerAction};
-use crate::rooms::message::{ConnRef, Payload};
+use crate::rooms::message::{ConnRef, Payload, RoomMessage};
 use crate::timer::{Entry, Wheel};
 
 /// Per-thread read buffer.
@@ -57,6 +57,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const WBUF_KEEP: usize = 1 << 20;
 /// Mailbox rounds per loop iteration before the loop lets sockets have a turn.
 const MAILBOX_ROUNDS: usize = 8;
+/// Over the input budget, this many of the waiting connections (the oldest) still read, so
+/// their messages complete and free memory: without it, everyone waits for everyone.
+const INPUT_ADMITTED: usize = 4;
 
 pub(crate) struct Worker {
     id: usize,
@@ -81,6 +84,10 @@ pub(crate) struct Worker {
     now: u64,
     next_gen: u32,
     next_timer: u32,
+    /// The --metrics-listen listener (loop 0 only).
+    admin: Option<TcpListener>,
+    /// Client address of each connection counted for --max-connections-per-ip.
+    ip_of: std::collections::HashMap<usize, std::net::IpAddr>,
     /// Ids for connections that name no user: `anon-<nonce>-<n>`.
     anon_nonce: u32,
     anon_next: u64,
@@ -91,6 +98,10 @@ pub(crate) struct Worker {
     drain_deadline: Option<u64>,
     /// Connections whose read budget ran out with input possibly left.
     ready: Vec<(usize, u32)>,
+    /// Connections holding incomplete input that wait while buffered input is over its budget,
+    /// oldest first; the first [`INPUT_ADMITTED`] may go on reading, so messages complete and
+    /// memory frees.
+    input_waiting: std::collections::VecDeque<(usize, u32)>,
 }
 
 impl Worker {
@@ -108,6 +119,7 @@ impl Worker {
             pong_timeout: ticks(cfg.pong_timeout).max(1),
             handshake_timeout: ticks(cfg.handshake_timeout).max(1),
             close_timeout: ticks(cfg.close_timeout).max(1),
+            message_timeout: if cfg.message_timeout.is_zero() { 0 } else { ticks(cfg.message_timeout).max(1) },
         };
         let per_loop = (cfg.max_connections / cfg.threads.max(1) + 1).min(1 << 20);
         let start = Instant::now();
@@ -116,6 +128,8 @@ impl Worker {
             id,
             poll,
             listener: Some(listener),
+            admin: None,
+            ip_of: std::collections::HashMap::new(),
             // Reserved up front (virtual memory; pages become resident only when used) so the
             // slab never reallocates and copies itself while connections ramp up.
             conns: Slab::with_capacity(per_loop),
@@ -141,6 +155,7 @@ impl Worker {
             last_accept_warning: None,
             drain_deadline: None,
             ready: Vec::new(),
+            input_waiting: std::collections::VecDeque::new(),
         }
     }
 
@@ -182,6 +197,7 @@ impl Worker {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
+                    ADMIN_LISTENER => self.accept_admin(),
                     WAKER => {} // the mailbox is served below, every iteration
                     t => self.on_event(t, ev),
                 }
@@ -217,11 +233,66 @@ impl Worker {
         for _ in 0..MAILBOX_ROUNDS {
             let served = self.serve_mailbox();
             self.relay.flush_dirty(&mut self.conns, self.shared.metrics.mine(self.id));
-            let closed = self.close_slow_and_broken();
+            let closed = self.close_slow_and_broken() + self.enforce_outbound_budget();
             if served == 0 && closed == 0 {
-                return;
+                break;
             }
         }
+        self.admit_input();
+    }
+
+    /// Let waiting connections read: all of them once buffered input is back under its budget,
+    /// else the oldest few. Those whose message completed (or that closed) leave the queue.
+    fn admit_input(&mut self) {
+        let over = self.shared.inbound.load(Ordering::Relaxed) >= self.shared.cfg.max_buffered_input;
+        while let Some(&(key, gen)) = self.input_waiting.front() {
+            match self.conns.get_mut(key).filter(|c| c.gen == gen) {
+                Some(c) if c.sess.buffered() > 0 && over => break,
+                Some(c) => {
+                    c.flags &= !flags::INPUT_PAUSED;
+                    self.ready.push((key, gen));
+                    self.input_waiting.pop_front();
+                }
+                None => {
+                    self.input_waiting.pop_front();
+                }
+            }
+        }
+        for &(key, gen) in self.input_waiting.iter().take(INPUT_ADMITTED) {
+            if let Some(c) = self.conns.get_mut(key).filter(|c| c.gen == gen && c.has(flags::INPUT_PAUSED)) {
+                c.flags &= !flags::INPUT_PAUSED;
+                self.ready.push((key, gen));
+            }
+        }
+    }
+
+    /// Past --max-outbound-memory (this process's queues summed over its loops), close this
+    /// loop's slowest consumers — the largest queues — until the process is within budget.
+    fn enforce_outbound_budget(&mut self) -> usize {
+        let budget = self.shared.cfg.max_outbound_memory as u64;
+        let total: u64 = self.shared.metrics.own().iter().map(|m| m.outbound_queued_bytes.get()).sum();
+        if total <= budget {
+            return 0;
+        }
+        let mut heavy: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.out.is_some() && c.sess.phase() == Phase::Open)
+            .map(|(k, c)| (c.queued(), k))
+            .collect();
+        heavy.sort_unstable_by(|a, b| b.cmp(a));
+        let mut over = total - budget;
+        let mut closed = 0;
+        for (cost, key) in heavy {
+            if over == 0 {
+                break;
+            }
+            self.m().outbound_budget_closes_total.inc();
+            self.close_slow(key);
+            over = over.saturating_sub(cost as u64);
+            closed += 1;
+        }
+        closed
     }
 
     /// Sleep until the next timer slot, accept retry or drain deadline; not at all while some
@@ -242,17 +313,43 @@ impl Worker {
 
     // ---- accepting ----
 
+    /// Serve `/metrics` and `/healthz` on `l` too (--metrics-listen).
+    pub fn serve_admin(&mut self, mut l: TcpListener) -> io::Result<()> {
+        self.poll.registry().register(&mut l, ADMIN_LISTENER, Interest::READABLE)?;
+        self.admin = Some(l);
+        Ok(())
+    }
+
+    fn accept_admin(&mut self) {
+        while let Some(l) = self.admin.as_ref() {
+            match l.accept() {
+                Ok((stream, _)) => self.add_conn(stream, None, flags::ADMIN),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
     fn accept(&mut self) {
+        let max = self.shared.cfg.max_connections;
         loop {
-            if self.shared.open.load(Ordering::Relaxed) >= self.shared.cfg.max_connections {
-                self.pause_accepting("--max-connections reached");
-                return;
+            let open = self.shared.open.load(Ordering::Relaxed);
+            if open >= max + crate::net::limits::OVERFLOW_CONNS as usize {
+                // Even the overflow is taken: answer at once, hold nothing.
+                if !self.refuse_at_once() {
+                    self.pause_accepting("--max-connections reached");
+                    return;
+                }
+                continue;
             }
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => self.add_conn(stream),
+                // At the limit the connection is still answered (503, or /healthz and /metrics).
+                Ok((stream, peer)) => {
+                    self.add_conn(stream, Some(peer.ip()), if open >= max { flags::OVERFLOW } else { 0 })
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -267,6 +364,33 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Accept one connection and answer it 503 on the spot (the overflow reserve is full too).
+    /// False when there is nothing to accept or no descriptor to accept it with.
+    fn refuse_at_once(&mut self) -> bool {
+        let Some(listener) = self.listener.as_ref() else { return false };
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                // Whatever request already arrived is read first, so closing does not reset
+                // the answer away.
+                let _ = stream.read(&mut self.rbuf);
+                let mut resp = Vec::new();
+                http::write_response(
+                    &mut resp,
+                    503,
+                    &[("Retry-After", "1")],
+                    "text/plain",
+                    b"server full: retry later\n",
+                    false,
+                );
+                let _ = std::io::Write::write(&mut stream, &resp);
+                let _ = stream.shutdown(Shutdown::Write);
+                self.m().overflow_refusals_total.inc();
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -286,9 +410,24 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, mut stream: mio::net::TcpStream) {
+    fn add_conn(&mut self, mut stream: mio::net::TcpStream, ip: Option<std::net::IpAddr>, mut restrict: u16) {
         let _ = stream.set_nodelay(true);
         let now = self.now32();
+        let per_ip = self.shared.cfg.max_connections_per_ip;
+        let counted_ip = match ip.filter(|_| per_ip > 0 && restrict == 0) {
+            Some(ip) => {
+                let mut m = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+                let n = m.entry(ip).or_default();
+                if *n as usize >= per_ip {
+                    restrict = flags::PER_IP;
+                    None
+                } else {
+                    *n += 1;
+                    Some(ip)
+                }
+            }
+            None => None,
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if key >= u32::MAX as usize {
@@ -305,12 +444,23 @@ impl Worker {
             self.m().accept_errors_total.inc();
             return;
         }
-        entry.insert(Conn::new(stream, gen, Session::new_handshake(now)));
+        let mut conn = Conn::new(stream, gen, Session::new_handshake(now));
+        conn.flags |= restrict;
+        entry.insert(conn);
+        if let Some(ip) = counted_ip {
+            self.ip_of.insert(key, ip);
+        }
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         let m = self.m();
         m.connections_accepted_total.inc();
         m.connections_open.inc();
-        self.arm(key, self.scfg.handshake_timeout);
+        // A connection that may only be refused or scraped gets a second, not ten.
+        let timeout = if restrict == 0 {
+            self.scfg.handshake_timeout
+        } else {
+            self.scfg.handshake_timeout.min(self.ticks(Duration::from_secs(1)) as u32).max(1)
+        };
+        self.arm(key, timeout);
     }
 
     // ---- readiness ----
@@ -355,13 +505,48 @@ impl Worker {
                 c.flags |= flags::READ_PAUSED;
                 return;
             }
+            if c.sess.holds_input() {
+                // Input kept back while our answers drained: it goes first.
+                let mut acct = c.sess.buffered();
+                let mut held = c.sess.take_stash();
+                self.sync_input(key, &mut acct);
+                self.on_input(key, &mut held);
+                if !self.live(key, gen) {
+                    return;
+                }
+                continue;
+            }
+            let c = &mut self.conns[key];
+            // Over the input budget, a connection holding an incomplete message waits: TCP
+            // pushes back on it, nothing is lost, and it is read again once memory frees.
+            if c.sess.buffered() > 0
+                && c.sess.phase() == Phase::Open
+                && self.shared.inbound.load(Ordering::Relaxed) > self.shared.cfg.max_buffered_input
+                && !self.input_waiting.iter().take(INPUT_ADMITTED).any(|&w| w == (key, gen))
+            {
+                let c = &mut self.conns[key];
+                if !c.has(flags::INPUT_PAUSED) {
+                    c.flags |= flags::INPUT_PAUSED;
+                    if !self.input_waiting.contains(&(key, gen)) {
+                        self.input_waiting.push_back((key, gen));
+                    }
+                    self.shared.metrics.mine(self.id).input_pauses_total.inc();
+                }
+                return;
+            }
             match c.stream.read(&mut self.rbuf) {
                 Ok(0) => return self.on_eof(key),
                 Ok(n) => {
                     self.m().bytes_received_total.add(n as u64);
+                    let member = self.conns[key].peer.is_some();
                     let mut buf = std::mem::take(&mut self.rbuf);
                     self.on_input(key, &mut buf[..n]);
                     self.rbuf = buf;
+                    if member {
+                        // What this read published is fanned out now, not at the end of the
+                        // iteration: one read's worth of messages in flight, not sixteen.
+                        self.serve_mailbox();
+                    }
                     if !self.live(key, gen) || (n < READ_BUF && !to_the_end) {
                         return;
                     }
@@ -380,14 +565,14 @@ impl Worker {
             return;
         }
         match c.flush() {
-            Ok((n, _)) => {
+            Ok((n, freed)) => {
                 let resume = c.has(flags::READ_PAUSED) && c.queued() < PAUSE_READ_AT / 2;
                 if resume {
                     c.flags &= !flags::READ_PAUSED;
                 }
                 let m = self.m();
                 m.bytes_sent_total.add(n as u64);
-                m.outbound_queued_bytes.sub(n as u64);
+                m.outbound_queued_bytes.sub(freed as u64);
                 self.settle(key);
                 if resume && self.conns.contains(key) {
                     // The edge that made it readable was consumed while paused: read now.
@@ -417,6 +602,22 @@ impl Worker {
         }
     }
 
+    /// Bring the input gauges up to date with connection `key`'s buffered input; `acct` is what
+    /// was counted for it so far. Called after every change, before anything can drop it.
+    fn sync_input(&self, key: usize, acct: &mut usize) {
+        let now = self.conns.get(key).map_or(0, |c| c.sess.buffered());
+        if now != *acct {
+            let d = now as i64 - *acct as i64;
+            self.m().inbound_buffered_bytes.add(d as u64);
+            if d > 0 {
+                self.shared.inbound.fetch_add(d as usize, Ordering::Relaxed);
+            } else {
+                self.shared.inbound.fetch_sub(-d as usize, Ordering::Relaxed);
+            }
+            *acct = now;
+        }
+    }
+
     fn on_input(&mut self, key: usize, data: &mut [u8]) {
         if self.conns[key].sess.phase() == Phase::Handshake {
             self.on_http_bytes(key, data);
@@ -431,7 +632,9 @@ impl Worker {
     /// Parse and answer requests from the stash plus `data`, in order (pipelining), until one
     /// is incomplete, upgrades the connection, waits for the broker, or ends the connection.
     fn on_http_bytes(&mut self, key: usize, data: &mut [u8]) {
+        let mut acct = self.conns[key].sess.buffered();
         let mut held = self.conns[key].sess.take_stash();
+        self.sync_input(key, &mut acct);
         let from_stash = !held.is_empty();
         if from_stash {
             held.extend_from_slice(data);
@@ -448,6 +651,7 @@ impl Worker {
                     Parsed::Partial { .. } => {
                         let rest = buf.to_vec();
                         *self.conns[key].sess.stash() = rest;
+                        self.sync_input(key, &mut acct);
                         return;
                     }
                     Parsed::Error(e) => {
@@ -468,10 +672,21 @@ impl Worker {
                             *counter += 1;
                             format!("anon-{nonce:08x}-{lp}-{counter}")
                         };
+                        let c = &self.conns[key];
+                        let restrict = if c.has(flags::OVERFLOW) {
+                            Restrict::Full
+                        } else if c.has(flags::PER_IP) {
+                            Restrict::PerIp
+                        } else if c.has(flags::ADMIN) {
+                            Restrict::Admin
+                        } else {
+                            Restrict::None
+                        };
                         let mut ctx = routes::Ctx {
                             auth: &self.shared.auth,
                             api_key: self.shared.cfg.api_key.as_deref(),
                             fallback_user: &mut fallback,
+                            restrict,
                         };
                         (routes::route(&req, &body, &mut ctx), len)
                     }
@@ -481,6 +696,8 @@ impl Worker {
             match decision.refused() {
                 Some(Refused::Auth) => self.m().auth_failures_total.inc(),
                 Some(Refused::Origin) => self.m().origin_rejections_total.inc(),
+                Some(Refused::Full) => self.m().overflow_refusals_total.inc(),
+                Some(Refused::PerIp) => self.m().per_ip_refusals_total.inc(),
                 _ => {}
             }
             let failed = decision.is_handshake_failure();
@@ -509,6 +726,7 @@ impl Worker {
                     let rest: &[u8] = if from_stash { &held[off..] } else { &data[off..] };
                     if !rest.is_empty() {
                         *self.conns[key].sess.stash() = rest.to_vec();
+                        self.sync_input(key, &mut acct);
                     }
                     return;
                 }
@@ -621,10 +839,11 @@ impl Worker {
         match self.conns[key].route {
             Route::V1 if self.conns[key].sess.phase() == Phase::Open => {
                 let id = id.as_deref();
+                let cap = self.shared.cfg.max_message_size;
                 let frame = v1_frame(|o| match &reply {
                     Reply::Published { room, seq, .. } => v1::write_published(o, id, room, *seq),
                     Reply::History { room, epoch, messages } => {
-                        v1::write_history(o, id, room, epoch, messages.iter().map(|m| m.v1_json()))
+                        v1::write_history(o, id, room, epoch, within(messages, cap).map(|m| m.v1_json()))
                     }
                     Reply::Presence { room, users } => {
                         v1::write_presence(o, id, room, users.iter().map(|(u, n)| (&**u, *n)))
@@ -636,6 +855,20 @@ impl Worker {
                     m.v1_errors_total.inc();
                 }
                 self.relay.send(key, &mut self.conns[key], &frame, m);
+            }
+            Route::Raw if self.conns[key].sess.phase() == Phase::Open => {
+                if let Reply::Error { code, message } = &reply {
+                    if *code == v1::ErrorCode::RateLimited {
+                        self.m().rate_limited_total.inc();
+                    }
+                    let frame = v1_frame(|o| {
+                        o.extend_from_slice(b"{\"error\":");
+                        v1::write_str(o, message);
+                        o.push(b'}');
+                    });
+                    let m = self.shared.metrics.mine(self.id);
+                    self.relay.send(key, &mut self.conns[key], &frame, m);
+                }
             }
             Route::Http | Route::KeepAlive if self.conns[key].has(flags::AWAITING) => self.api_answer(key, reply),
             _ => {}
@@ -659,7 +892,8 @@ impl Worker {
                 body.extend_from_slice(b",\"epoch\":");
                 v1::write_str(&mut body, epoch);
                 body.extend_from_slice(b",\"messages\":");
-                v1::write_json_list(&mut body, messages.iter().map(|m| m.v1_json()));
+                let cap = self.shared.cfg.max_message_size;
+                v1::write_json_list(&mut body, within(messages, cap).map(|m| m.v1_json()));
                 body.push(b'}');
                 200
             }
@@ -718,11 +952,21 @@ impl Worker {
         let mut rest = data;
         let now = self.now32();
         let now_ms = self.now_ms();
+        let mut acct = self.conns[key].sess.buffered();
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
-            match c.sess.feed(&mut rest, now, &mut self.wbuf, &self.scfg) {
+            let ev = c.sess.feed(&mut rest, now, &mut self.wbuf, &self.scfg);
+            let began = acct == 0 && c.sess.buffered() > 0 && c.sess.phase() == Phase::Open;
+            self.sync_input(key, &mut acct);
+            if began && self.scfg.message_timeout > 0 {
+                // A message has begun: the timer must come by its deadline.
+                if let Some(d) = self.conns[key].sess.next_timer(now, &self.scfg) {
+                    self.arm(key, d);
+                }
+            }
+            match ev {
                 None => return,
                 Some(WsEvent::Message { text, data }) => {
                     let m = self.shared.metrics.mine(self.id);
@@ -743,9 +987,23 @@ impl Worker {
                         }
                         return;
                     }
+                    let c = &mut self.conns[key];
+                    if !rest.is_empty() && self.wbuf.len() + c.queued() >= PAUSE_READ_AT {
+                        // Our answers pile up faster than the peer reads them (one read of tiny
+                        // commands can ask for many times its size): keep the rest of its input
+                        // and read no more until the answers drain.
+                        c.sess.hold(rest);
+                        c.flags |= flags::READ_PAUSED;
+                        self.sync_input(key, &mut acct);
+                        return;
+                    }
                 }
                 Some(WsEvent::Finish(ending)) => {
                     let clean = match ending {
+                        Ending::Failed(e) if e.code == codes::POLICY => {
+                            self.m().message_timeouts_total.inc();
+                            false
+                        }
                         Ending::Failed(e) => {
                             self.m().protocol_errors_total.inc();
                             log::debug!("loop {}: connection failed: {} ({})", self.id, e.reason, e.code);
@@ -893,9 +1151,23 @@ impl Worker {
         self.leave_ws(key, false);
         let c = self.conns.remove(key);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip_of.remove(&key) {
+            let mut m = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+        let buffered = c.sess.buffered();
+        if buffered > 0 {
+            self.shared.inbound.fetch_sub(buffered, Ordering::Relaxed);
+        }
         let m = self.m();
         m.connections_open.sub(1);
         m.outbound_queued_bytes.sub(c.queued() as u64);
+        m.inbound_buffered_bytes.sub(buffered as u64);
         // Dropping the stream closes the socket, which also removes it from epoll.
     }
 
@@ -941,9 +1213,14 @@ impl Worker {
                     // read pause): a slow consumer, told so with 1008, not a dead peer.
                     self.close_slow(key);
                 }
+                TimerAction::Expired(Expiry::Message) => {
+                    self.m().message_timeouts_total.inc();
+                    self.close_with(key, codes::POLICY, "message not completed within --message-timeout");
+                }
                 TimerAction::Expired(why) => {
                     match why {
                         Expiry::Heartbeat => self.m().heartbeat_timeouts_total.inc(),
+                        Expiry::Message => {}
                         Expiry::Handshake => {
                             // An idle keep-alive connection is not a failed handshake.
                             if c.route != Route::KeepAlive || !c.sess.is_idle() {
@@ -1013,4 +1290,18 @@ impl Worker {
             }
         }
     }
+}
+
+/// The first messages whose JSON fits in `cap` bytes (at least one): a history answer is never
+/// much larger than the largest message, however large the history; clients page with `since`.
+fn within(messages: &[Arc<RoomMessage>], cap: usize) -> impl Iterator<Item = &Arc<RoomMessage>> {
+    let mut total = 0;
+    messages
+        .iter()
+        .enumerate()
+        .take_while(move |(i, m)| {
+            total += m.v1_json().len();
+            *i == 0 || total <= cap
+        })
+        .map(|(_, m)| m)
 }

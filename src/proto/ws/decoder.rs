@@ -78,6 +78,8 @@ struct Partial {
     ctrl: Vec<u8>,
     /// See [`Decoder::stash`].
     stash: Vec<u8>,
+    /// When the incomplete input began (the caller's clock; see [`Decoder::mark_started`]).
+    since: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +112,32 @@ impl Decoder {
     /// True when no partial frame or message is held (no heap memory in use).
     pub fn is_idle(&self) -> bool {
         self.st.is_none()
+    }
+
+    /// Heap memory held for incomplete input (what a process-wide input budget counts).
+    pub fn buffered(&self) -> usize {
+        self.st.as_ref().map_or(0, |p| {
+            std::mem::size_of::<Partial>()
+                + p.ctrl.capacity()
+                + p.stash.capacity()
+                + p.msg.as_ref().map_or(0, |m| m.data.capacity())
+        })
+    }
+
+    /// Record `now` as the start of the incomplete input just begun.
+    pub fn mark_started(&mut self, now: u32) {
+        if let Some(p) = self.st.as_mut() {
+            p.since = now;
+        }
+    }
+
+    /// When the incomplete frame or message began, if one is held (bytes merely stashed for
+    /// later do not count: they are complete as far as the peer is concerned).
+    pub fn started(&self) -> Option<u32> {
+        self.st
+            .as_ref()
+            .filter(|p| p.hdr_len > 0 || p.run.is_some() || p.msg.is_some() || !p.ctrl.is_empty())
+            .map(|p| p.since)
     }
 
     /// Decode the next frame or message from the front of `rest`, splitting the consumed bytes
@@ -335,6 +363,10 @@ impl Decoder {
         &mut self.st.get_or_insert_with(Box::default).stash
     }
 
+    pub fn has_stash(&self) -> bool {
+        self.st.as_ref().is_some_and(|p| !p.stash.is_empty())
+    }
+
     /// Take the stash (see [`Decoder::stash`]), freeing the state box if nothing else is held.
     pub fn take_stash(&mut self) -> Vec<u8> {
         let v = self.st.as_mut().map(|p| std::mem::take(&mut p.stash)).unwrap_or_default();
@@ -389,6 +421,7 @@ fn header_error(e: HeaderError) -> ProtoError {
     match e {
         HeaderError::ReservedOpcode(_) => ProtoError::protocol("reserved opcode"),
         HeaderError::LengthOverflow => ProtoError::protocol("payload length has its top bit set"),
+        HeaderError::NonMinimalLength => ProtoError::protocol("payload length not in its minimal encoding"),
     }
 }
 
@@ -581,6 +614,20 @@ mod tests {
         crate::proto::ws::frame::write_frame(&mut plain, OpCode::Control(Control::Pong), b"p");
         let (evs, _) = run(&plain, &client, &[1]);
         assert_eq!(evs, vec![Ev::Pong(b"p".to_vec())]);
+    }
+
+    #[test]
+    fn incomplete_input_is_counted_and_dated() {
+        let mut d = Decoder::default();
+        let mut frame = cf(0x82, &vec![1u8; 40_000]);
+        let mut rest: &mut [u8] = &mut frame[..20_000];
+        assert_eq!(d.decode(&mut rest, &SERVER), Ok(None));
+        d.mark_started(7);
+        assert_eq!(d.started(), Some(7));
+        assert!(d.buffered() >= 16 * 1024, "the assembly buffer counts: {}", d.buffered());
+        let mut rest: &mut [u8] = &mut frame[20_000..];
+        assert!(matches!(d.decode(&mut rest, &SERVER), Ok(Some(Frame::Binary(_)))));
+        assert_eq!((d.buffered(), d.started()), (0, None));
     }
 
     #[test]

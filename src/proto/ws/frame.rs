@@ -43,6 +43,9 @@ pub enum HeaderError {
     ReservedOpcode(u8),
     /// The most significant bit of a 64-bit length must be 0 (§5.2).
     LengthOverflow,
+    /// A length in a longer encoding than it needs (126 carrying 5): §5.2 says "the minimal
+    /// number of bytes MUST be used to encode the length".
+    NonMinimalLength,
 }
 
 /// Parse a header from the start of `buf`; `Ok(None)` when more bytes are needed.
@@ -56,6 +59,14 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, HeaderError> {
         Ok(Some((h, len))) => {
             if len > i64::MAX as u64 {
                 return Err(HeaderError::LengthOverflow);
+            }
+            let minimal = match buf[1] & 0x7f {
+                126 => len >= 126,
+                127 => len > 0xffff,
+                _ => true,
+            };
+            if !minimal {
+                return Err(HeaderError::NonMinimalLength);
             }
             Ok(Some(Header {
                 fin: h.is_final,
@@ -231,6 +242,21 @@ mod tests {
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         big.extend_from_slice(&[0; 4]);
         assert_eq!(parse_header(&big), Err(HeaderError::LengthOverflow));
+    }
+
+    #[test]
+    fn lengths_must_use_their_minimal_encoding() {
+        // 126 carrying 5, 127 carrying 200 and 65535: refused; the boundaries are fine.
+        assert_eq!(parse_header(&[0x82, 0xfe, 0, 5, 0, 0, 0, 0]), Err(HeaderError::NonMinimalLength));
+        let mut long = vec![0x82, 0xff];
+        long.extend_from_slice(&200u64.to_be_bytes());
+        long.extend_from_slice(&[0; 4]);
+        assert_eq!(parse_header(&long), Err(HeaderError::NonMinimalLength));
+        long[2..10].copy_from_slice(&65535u64.to_be_bytes());
+        assert_eq!(parse_header(&long), Err(HeaderError::NonMinimalLength));
+        long[2..10].copy_from_slice(&65536u64.to_be_bytes());
+        assert_eq!(parse_header(&long).unwrap().unwrap().payload_len, 65536);
+        assert_eq!(parse_header(&[0x82, 0xfe, 0, 126, 0, 0, 0, 0]).unwrap().unwrap().payload_len, 126);
     }
 
     #[test]

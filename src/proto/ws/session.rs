@@ -36,6 +36,8 @@ pub struct SessionConfig {
     pub handshake_timeout: u32,
     /// How long to wait for the peer's close frame, and for its EOF once we are done.
     pub close_timeout: u32,
+    /// A message (or frame) not completed within this long fails with 1008; 0: no limit.
+    pub message_timeout: u32,
 }
 
 impl SessionConfig {
@@ -92,6 +94,8 @@ pub enum Expiry {
     Handshake,
     /// No answer to a ping within the pong timeout.
     Heartbeat,
+    /// A message begun more than the message timeout ago is still incomplete.
+    Message,
     /// The peer did not answer our close frame.
     Closing,
     /// The peer did not close TCP after the WebSocket ended.
@@ -130,9 +134,50 @@ impl Session {
         self.dec.is_idle()
     }
 
-    /// Buffer for a request head that arrived in pieces (see `Decoder::stash`).
+    /// Heap memory held for incomplete input.
+    pub fn buffered(&self) -> usize {
+        self.dec.buffered()
+    }
+
+    /// Ticks from `now` until [`Session::on_timer`] has something to decide (the earliest of
+    /// the phase's deadline, the next ping or pong deadline, and the message deadline); `None`
+    /// when nothing is due.
+    pub fn next_timer(&self, now: u32, cfg: &SessionConfig) -> Option<u32> {
+        let left = |since: u32, limit: u32| limit.saturating_sub(now.wrapping_sub(since)).max(1);
+        let mut next = match self.phase {
+            Phase::Handshake => Some(left(self.mark, cfg.handshake_timeout)),
+            Phase::Closing | Phase::Linger => Some(left(self.mark, cfg.close_timeout)),
+            Phase::Open if cfg.ping_interval == 0 => None,
+            Phase::Open if self.ping_out => Some(left(self.mark, cfg.pong_timeout)),
+            Phase::Open => Some(left(self.last_rx, cfg.ping_interval)),
+        };
+        if let (Phase::Open, Some(m)) = (self.phase, self.message_left(now, cfg)) {
+            next = Some(next.map_or(m, |n| n.min(m)));
+        }
+        next
+    }
+
+    /// Buffer for a request head that arrived in pieces (see `Decoder::stash`); while open,
+    /// input the driver has read but not yet fed (see [`Session::hold`]).
     pub fn stash(&mut self) -> &mut Vec<u8> {
         self.dec.stash()
+    }
+
+    /// Keep bytes read from the peer to be fed later (the driver stopped feeding because its
+    /// answers pile up; the peer gets no further reads until they are fed).
+    pub fn hold(&mut self, input: &[u8]) {
+        let was_idle = self.dec.is_idle();
+        let since = self.dec.started();
+        self.dec.stash().extend_from_slice(input);
+        if was_idle || since.is_none() {
+            // Nothing incomplete from the peer: no message clock runs for held bytes.
+            self.dec.mark_started(self.last_rx);
+        }
+    }
+
+    /// Whether bytes are held (see [`Session::hold`]).
+    pub fn holds_input(&self) -> bool {
+        self.phase != Phase::Handshake && self.dec.has_stash()
     }
 
     pub fn take_stash(&mut self) -> Vec<u8> {
@@ -208,16 +253,20 @@ impl Session {
         }
         let dcfg = cfg.decode();
         loop {
+            let was_idle = self.dec.is_idle();
             let frame = match self.dec.decode(rest, &dcfg) {
                 Ok(Some(f)) => f,
-                Ok(None) => return None,
-                Err(e) => {
-                    if self.phase == Phase::Open {
-                        write_control(out, cfg.role, Control::Close, &frame::close_payload(e.code, e.reason));
+                Ok(None) => {
+                    if was_idle {
+                        self.dec.mark_started(now);
+                    } else if let Some(e) = self.overdue(now, cfg) {
+                        // A trickle that keeps the heartbeat happy does not keep a message open.
+                        *rest = &mut [];
+                        return Some(self.fail(e, now, out, cfg.role));
                     }
-                    self.linger(now);
-                    return Some(Event::Finish(Ending::Failed(e)));
+                    return None;
                 }
+                Err(e) => return Some(self.fail(e, now, out, cfg.role)),
             };
             let open = self.phase == Phase::Open;
             match frame {
@@ -229,6 +278,22 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// The incomplete message's deadline has passed.
+    fn overdue(&self, now: u32, cfg: &SessionConfig) -> Option<ProtoError> {
+        let since = self.dec.started()?;
+        (self.phase == Phase::Open && cfg.message_timeout > 0 && now.wrapping_sub(since) >= cfg.message_timeout)
+            .then_some(ProtoError { code: codes::POLICY, reason: "message not completed within --message-timeout" })
+    }
+
+    /// Fail the connection with `e`'s code: close frame (if still open), then linger.
+    fn fail(&mut self, e: ProtoError, now: u32, out: &mut Vec<u8>, role: Role) -> Event<'static> {
+        if self.phase == Phase::Open {
+            write_control(out, role, Control::Close, &frame::close_payload(e.code, e.reason));
+        }
+        self.linger(now);
+        Event::Finish(Ending::Failed(e))
     }
 
     fn on_close(&mut self, payload: &[u8], now: u32, out: &mut Vec<u8>, role: Role) -> Event<'static> {
@@ -267,30 +332,51 @@ impl Session {
             Phase::Closing => remaining(since_mark, cfg.close_timeout, Expiry::Closing),
             Phase::Linger => remaining(since_mark, cfg.close_timeout, Expiry::Linger),
             Phase::Open => {
-                if cfg.ping_interval == 0 {
-                    return TimerAction::Idle;
+                if self.overdue(now, cfg).is_some() {
+                    return TimerAction::Expired(Expiry::Message);
                 }
-                if self.ping_out {
-                    // Anything received since the ping counts as an answer. A ping goes out only
-                    // after at least one tick of silence, so before any answer last_rx < mark.
-                    if after_or_at(self.last_rx, self.mark) {
-                        self.ping_out = false;
-                    } else if since_mark >= cfg.pong_timeout {
-                        return TimerAction::Expired(Expiry::Heartbeat);
-                    } else {
-                        return TimerAction::Rearm(cfg.pong_timeout - since_mark);
-                    }
-                }
-                let idle = now.wrapping_sub(self.last_rx);
-                if idle >= cfg.ping_interval {
-                    write_control(out, cfg.role, Control::Ping, &[]);
-                    self.ping_out = true;
-                    self.mark = now;
-                    TimerAction::Rearm(cfg.pong_timeout.max(1))
-                } else {
-                    TimerAction::Rearm(cfg.ping_interval - idle)
+                // An incomplete message's deadline may come before the heartbeat's.
+                match (self.heartbeat(now, out, cfg), self.message_left(now, cfg)) {
+                    (TimerAction::Rearm(d), Some(m)) => TimerAction::Rearm(d.min(m)),
+                    (TimerAction::Idle, Some(m)) => TimerAction::Rearm(m),
+                    (a, _) => a,
                 }
             }
+        }
+    }
+
+    /// Ticks until an incomplete message's deadline, if one is held and the limit is on.
+    fn message_left(&self, now: u32, cfg: &SessionConfig) -> Option<u32> {
+        let since = self.dec.started()?;
+        (cfg.message_timeout > 0).then(|| cfg.message_timeout.saturating_sub(now.wrapping_sub(since)).max(1))
+    }
+
+    /// The heartbeat's part of an open connection's timer: ping after silence, give up when a
+    /// ping goes unanswered.
+    fn heartbeat(&mut self, now: u32, out: &mut Vec<u8>, cfg: &SessionConfig) -> TimerAction {
+        if cfg.ping_interval == 0 {
+            return TimerAction::Idle;
+        }
+        let since_mark = now.wrapping_sub(self.mark);
+        if self.ping_out {
+            // Anything received since the ping counts as an answer. A ping goes out only
+            // after at least one tick of silence, so before any answer last_rx < mark.
+            if after_or_at(self.last_rx, self.mark) {
+                self.ping_out = false;
+            } else if since_mark >= cfg.pong_timeout {
+                return TimerAction::Expired(Expiry::Heartbeat);
+            } else {
+                return TimerAction::Rearm(cfg.pong_timeout - since_mark);
+            }
+        }
+        let idle = now.wrapping_sub(self.last_rx);
+        if idle >= cfg.ping_interval {
+            write_control(out, cfg.role, Control::Ping, &[]);
+            self.ping_out = true;
+            self.mark = now;
+            TimerAction::Rearm(cfg.pong_timeout.max(1))
+        } else {
+            TimerAction::Rearm(cfg.ping_interval - idle)
         }
     }
 }
@@ -326,6 +412,7 @@ mod tests {
         pong_timeout: 20,
         handshake_timeout: 50,
         close_timeout: 30,
+        message_timeout: 200,
     };
 
     fn client(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
@@ -468,6 +555,46 @@ mod tests {
         let mut rest: &mut [u8] = &mut msg;
         assert!(s.feed(&mut rest, 190, &mut out, &CFG).is_some());
         assert_eq!(s.on_timer(205, &mut out, &CFG), TimerAction::Rearm(85));
+    }
+
+    #[test]
+    fn an_incomplete_message_times_out_even_while_bytes_trickle_in() {
+        let mut s = open(0);
+        let mut out = Vec::new();
+        let frame = client(OpCode::Data(Data::Binary), &[5u8; 50]);
+        // Ten bytes at tick 10: a message has begun; the timer must come by its deadline.
+        let mut head = frame[..10].to_vec();
+        let mut rest: &mut [u8] = &mut head;
+        assert_eq!(s.feed(&mut rest, 10, &mut out, &CFG), None);
+        assert_eq!(s.next_timer(10, &CFG), Some(100), "the ping (100) comes before the message deadline (210)");
+        let off = SessionConfig { ping_interval: 0, ..CFG };
+        assert_eq!(s.next_timer(10, &off), Some(200), "without heartbeats the message deadline remains");
+        assert_eq!(s.on_timer(100, &mut out, &off), TimerAction::Rearm(110));
+        // One byte every so often keeps the heartbeat happy, but not past the deadline.
+        for (i, t) in [(10, 80), (11, 150)] {
+            let mut b = frame[i..i + 1].to_vec();
+            let mut rest: &mut [u8] = &mut b;
+            assert_eq!(s.feed(&mut rest, t, &mut out, &CFG), None);
+        }
+        let mut b = frame[12..13].to_vec();
+        let mut rest: &mut [u8] = &mut b;
+        match s.feed(&mut rest, 210, &mut out, &CFG) {
+            Some(Event::Finish(Ending::Failed(e))) => assert_eq!(e.code, 1008),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(close_code(&frames(&out).last().unwrap().1), 1008);
+        // A silent holder is caught by the timer.
+        let mut s = open(0);
+        let mut head = frame[..10].to_vec();
+        let mut rest: &mut [u8] = &mut head;
+        s.feed(&mut rest, 0, &mut out, &off);
+        assert_eq!(s.on_timer(200, &mut out, &off), TimerAction::Expired(Expiry::Message));
+        // Whole messages never start the clock.
+        let mut s = open(0);
+        let mut whole = frame.clone();
+        let mut rest: &mut [u8] = &mut whole;
+        assert!(matches!(s.feed(&mut rest, 0, &mut out, &off), Some(Event::Message { .. })));
+        assert_eq!(s.next_timer(0, &off), None);
     }
 
     #[test]
