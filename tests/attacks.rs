@@ -344,3 +344,35 @@ fn metrics_can_be_served_on_another_address() {
     assert_eq!(upgrade_answer(admin, &req).0, 404, "no WebSockets on the metrics address");
     assert_eq!(get(srv.local_addr(), "/metrics").0, 200, "the main port still serves them too");
 }
+
+#[test]
+fn pipelined_requests_whose_answers_are_not_read_are_held_to_the_read_pause() {
+    // One write of 10,000 tiny pipelined requests (each answered with a few hundred bytes of
+    // metrics or health), never reading: the answers queued stay near the read pause.
+    let bin = Binary::start(&["--threads", "1"]);
+    let mut s = small_window(bin.addr);
+    let one = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 10_000).collect();
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = w.write_all(&many); // blocks once the server stops reading; ends with the test
+    });
+    let (_, gauge) = peaks(&bin, "c100k_outbound_queued_bytes", || {
+        wait_for("answers queued", Duration::from_secs(30), || metric(bin.addr, "c100k_outbound_queued_bytes") > 0);
+        std::thread::sleep(Duration::from_millis(300)); // let any runaway queue show in the samples
+    });
+    println!("outbound peak {gauge} B");
+    // The pause, one metrics answer past it, and the (small) scrapes of the sampler itself.
+    assert!(gauge <= (64 << 10) + (32 << 10), "queued {gauge} B");
+    assert!(metric(bin.addr, "c100k_http_requests_total") < 10_000, "the rest waits in TCP");
+    let _ = s.flush();
+}
+
+#[test]
+fn a_length_in_a_longer_encoding_than_it_needs_fails_with_1002() {
+    let srv = server(|_| {});
+    let mut ws = RawWs::connect(srv.local_addr(), "/echo");
+    // 126-form carrying 5 bytes, masked.
+    ws.raw(&[0x82, 0xfe, 0, 5, 1, 2, 3, 4, 9, 9, 9, 9, 9]);
+    assert_eq!(ws.expect_close(), Some(1002));
+}

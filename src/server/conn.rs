@@ -68,6 +68,8 @@ pub mod flags {
     pub const PER_IP: u16 = 1024;
     /// From --metrics-listen: only /metrics and /healthz (else 404).
     pub const ADMIN: u16 = 2048;
+    /// Input already read is kept in the stash, to be processed before the next read.
+    pub const HELD: u16 = 4096;
 }
 
 /// Marks a seat whose join the broker has not answered yet.

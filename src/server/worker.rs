@@ -268,9 +268,14 @@ impl Worker {
 
     /// Past --max-outbound-memory (this process's queues summed over its loops), close this
     /// loop's slowest consumers — the largest queues — until the process is within budget.
+    /// Outbound queue memory of this process (all its loops).
+    fn outbound_total(&self) -> u64 {
+        self.shared.metrics.own().iter().map(|m| m.outbound_queued_bytes.get()).sum()
+    }
+
     fn enforce_outbound_budget(&mut self) -> usize {
         let budget = self.shared.cfg.max_outbound_memory as u64;
-        let total: u64 = self.shared.metrics.own().iter().map(|m| m.outbound_queued_bytes.get()).sum();
+        let total = self.outbound_total();
         if total <= budget {
             return 0;
         }
@@ -505,8 +510,9 @@ impl Worker {
                 c.flags |= flags::READ_PAUSED;
                 return;
             }
-            if c.sess.holds_input() {
+            if c.has(flags::HELD) {
                 // Input kept back while our answers drained: it goes first.
+                c.flags &= !flags::HELD;
                 let mut acct = c.sess.buffered();
                 let mut held = c.sess.take_stash();
                 self.sync_input(key, &mut acct);
@@ -546,6 +552,15 @@ impl Worker {
                         // What this read published is fanned out now, not at the end of the
                         // iteration: one read's worth of messages in flight, not sixteen.
                         self.serve_mailbox();
+                        // Slow consumers found by this fan-out go now, before more is corked for them.
+                        self.close_slow_and_broken();
+                        if self.outbound_total() > self.shared.cfg.max_outbound_memory as u64 {
+                            // Over the budget already: write what the sockets take, then close
+                            // the slowest, before reading more.
+                            self.relay.flush_dirty(&mut self.conns, self.shared.metrics.mine(self.id));
+                            self.close_slow_and_broken();
+                            self.enforce_outbound_budget();
+                        }
                     }
                     if !self.live(key, gen) || (n < READ_BUF && !to_the_end) {
                         return;
@@ -575,7 +590,8 @@ impl Worker {
                 m.outbound_queued_bytes.sub(freed as u64);
                 self.settle(key);
                 if resume && self.conns.contains(key) {
-                    // The edge that made it readable was consumed while paused: read now.
+                    // The edge that made it readable was consumed while paused: read now (held
+                    // input first).
                     self.on_readable(key, false);
                 }
             }
@@ -718,8 +734,19 @@ impl Worker {
                         return;
                     }
                     let now = self.now32();
-                    self.conns[key].sess.restart_http(now);
-                    self.conns[key].route = Route::KeepAlive;
+                    let c = &mut self.conns[key];
+                    c.sess.restart_http(now);
+                    c.route = Route::KeepAlive;
+                    let rest: &[u8] = if from_stash { &held[off..] } else { &data[off..] };
+                    if !rest.is_empty() && self.wbuf.len() + c.queued() >= PAUSE_READ_AT {
+                        // Pipelined requests whose answers the client does not read: keep the
+                        // rest for when they drain (one read of tiny requests can ask for many
+                        // times its size in answers).
+                        *c.sess.stash() = rest.to_vec();
+                        c.flags |= flags::READ_PAUSED | flags::HELD;
+                        self.sync_input(key, &mut acct);
+                        return;
+                    }
                 }
                 Decision::Api { call, close } => {
                     self.api(key, call, close);
@@ -993,7 +1020,7 @@ impl Worker {
                         // commands can ask for many times its size): keep the rest of its input
                         // and read no more until the answers drain.
                         c.sess.hold(rest);
-                        c.flags |= flags::READ_PAUSED;
+                        c.flags |= flags::READ_PAUSED | flags::HELD;
                         self.sync_input(key, &mut acct);
                         return;
                     }
@@ -1101,7 +1128,13 @@ impl Worker {
                 self.wbuf = Vec::with_capacity(READ_BUF);
             }
         }
-        if self.conns.contains(key) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if c.has(flags::READ_PAUSED) && c.queued() < PAUSE_READ_AT / 2 {
+                // The socket took the answers at once: no writable edge will come to resume
+                // it, so the next iteration does.
+                c.flags &= !flags::READ_PAUSED;
+                self.ready.push((key, c.gen));
+            }
             self.settle(key);
         }
     }

@@ -363,10 +363,6 @@ impl Decoder {
         &mut self.st.get_or_insert_with(Box::default).stash
     }
 
-    pub fn has_stash(&self) -> bool {
-        self.st.as_ref().is_some_and(|p| !p.stash.is_empty())
-    }
-
     /// Take the stash (see [`Decoder::stash`]), freeing the state box if nothing else is held.
     pub fn take_stash(&mut self) -> Vec<u8> {
         let v = self.st.as_mut().map(|p| std::mem::take(&mut p.stash)).unwrap_or_default();

@@ -175,11 +175,6 @@ impl Session {
         }
     }
 
-    /// Whether bytes are held (see [`Session::hold`]).
-    pub fn holds_input(&self) -> bool {
-        self.phase != Phase::Handshake && self.dec.has_stash()
-    }
-
     pub fn take_stash(&mut self) -> Vec<u8> {
         self.dec.take_stash()
     }
