@@ -97,8 +97,9 @@ fn outbound_queues_count_what_they_really_cost() {
     println!("RSS {before} -> {rss} kB (+{grew} B), gauge peak {gauge} B");
     let entry = c100k::net::outq::ENTRY_COST as u64;
     assert!(gauge <= MEMBERS * (BACKLOG + 4096 + 2 * entry), "gauge {gauge} over members × backlog");
-    // Allocator caches and one read's worth of messages in flight come on top of the queues.
-    assert!(grew <= 2 * gauge + (16 << 20), "RSS grew {grew} B, the gauge said {gauge} B");
+    // Allocator caches and one read's worth of messages in flight (about 9,000 here) come on top
+    // of the queues; a handle per queued frame (the bug this guards against) gives 115 MB.
+    assert!(grew <= 2 * gauge + (24 << 20), "RSS grew {grew} B, the gauge said {gauge} B");
     wait_for("queues released", Duration::from_secs(10), || metric(bin.addr, "c100k_outbound_queued_bytes") == 0);
     drop(members);
 }

@@ -84,12 +84,19 @@ impl OutQueue {
 
     /// Queue `b` behind what is queued. Returns the memory it added.
     pub fn push(&mut self, b: Bytes) -> usize {
+        self.push_as(b, true)
+    }
+
+    /// Queue `b`; `coalesce`: a small frame is copied into a block (for a queue the socket is
+    /// refusing, where it may stay a while) rather than held as a handle (cheaper to queue when
+    /// it goes out within the loop iteration, as frames corked for a fast reader do).
+    pub fn push_as(&mut self, b: Bytes, coalesce: bool) -> usize {
         if b.is_empty() {
             return 0;
         }
         let before = self.cost;
         self.len += b.len();
-        if b.len() <= COALESCE_MAX {
+        if coalesce && b.len() <= COALESCE_MAX {
             let started_alone = self.front_started && self.segs.len() == 1;
             match self.segs.back_mut() {
                 // Append to the last block (not one already being written out: its start moves).

@@ -186,7 +186,10 @@ impl Conn {
     /// Returns whether this is the first time in an iteration (the caller lists the connection
     /// for the end-of-iteration flush) and the memory the queue gained.
     pub fn cork(&mut self, b: &Bytes) -> (bool, usize) {
-        let added = self.out.get_or_insert_with(Box::default).push(b.clone());
+        // Small frames behind a socket that refuses bytes are copied into blocks (their handles
+        // would cost more than they do); frames for a reader that keeps up stay shared handles.
+        let coalesce = self.has(flags::BLOCKED);
+        let added = self.out.get_or_insert_with(Box::default).push_as(b.clone(), coalesce);
         let first = !self.has(flags::DIRTY);
         self.flags |= flags::DIRTY;
         (first, added)
