@@ -4,14 +4,23 @@
 #      sockets (routes, close codes, the v1 room protocol, resume, presence, auth, the server API,
 #      timers, backpressure, shutdown, 5,000 idle connections, bench-client scenarios), with a
 #      Python `websockets` client among them (scripts/setup-python.sh installs it);
-#   2. the Autobahn TestSuite fuzzingclient cases 1.* to 10.* against a release build;
-#   3. the kernel-profile script's own tests against a fake /proc/sys tree (it must pass on any
+#      plus the cluster tests (tests/cluster.rs) on real redis-server processes and a 3-master
+#      Redis Cluster the tests start themselves;
+#   2. the room suites again with rooms in Redis (C100K_TEST_BROKER=redis): the Redis broker
+#      keeps the in-memory broker's semantics;
+#   3. the Autobahn TestSuite fuzzingclient cases 1.* to 10.* against a release build;
+#   4. the kernel-profile script's own tests against a fake /proc/sys tree (it must pass on any
 #      machine, so it never compares this machine's kernel).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 C100K_PYTHON=$(./scripts/setup-python.sh)
 export C100K_PYTHON
+for tool in redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (Debian: apt-get install redis-server)" >&2; exit 1; }
+done
 cargo test --workspace
+C100K_TEST_BROKER=redis cargo test --test v1 --test presence --test api --test rooms --test python_client \
+  --test auth --test backpressure --test attacks
 ./scripts/autobahn.sh
 ./scripts/test-apply-sysctl.sh

@@ -63,7 +63,7 @@ pub struct Args {
     /// Worker processes on the same port (SO_REUSEPORT), each with --threads loops, under a
     /// supervisor that restarts them and drains them on SIGINT/SIGTERM. For hosts (or
     /// containers) whose per-process open-file limit is below the connections wanted. Rooms
-    /// span one process.
+    /// span one process, or all of them with --redis.
     #[arg(long, env = "C100K_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub processes: u16,
 
@@ -141,6 +141,21 @@ pub struct Args {
     #[arg(long, env = "C100K_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Keep rooms (numbering, history, presence) in this Redis, e.g. redis://127.0.0.1:6379/0:
+    /// rooms then span every process and node using it. Without it rooms live in memory.
+    #[arg(long, env = "C100K_REDIS", conflicts_with = "redis_cluster", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
+
+    /// Keep rooms in a Redis Cluster (Redis >= 7, sharded pub/sub), given by some of its nodes:
+    /// redis://HOST:PORT,redis://HOST:PORT,...
+    #[arg(long, env = "C100K_REDIS_CLUSTER", value_delimiter = ',', value_parser = parse_redis_url)]
+    pub redis_cluster: Option<Vec<String>>,
+
+    /// Every Redis key and channel of this server starts with this, so several apps (or
+    /// environments) can share one Redis.
+    #[arg(long, env = "C100K_REDIS_PREFIX", default_value = "c100k", value_parser = parse_prefix)]
+    pub redis_prefix: String,
+
     /// Bytes of outbound queues this process holds in all; past it, the slowest consumers (the
     /// largest queues) are closed with 1008. Default: 1 GiB, or a quarter of RAM if less.
     #[arg(long, env = "C100K_MAX_OUTBOUND_MEMORY")]
@@ -152,6 +167,21 @@ pub struct Args {
 pub enum Steer {
     Hash,
     SourceIp,
+}
+
+/// A Redis URL, checked up front so a typo is a usage error and not a start-up failure.
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    redis::parse_redis_url(s).ok_or_else(|| format!("'{s}' is not a Redis URL (redis://HOST:PORT[/DB])"))?;
+    Ok(s.to_string())
+}
+
+/// A key prefix: non-empty, without the braces of hash tags.
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['{', '}']) || s.len() > 64 {
+        return Err(format!("'{s}': 1 to 64 characters, no braces"));
+    }
+    Ok(s.to_string())
 }
 
 /// Parse seconds (fractions allowed) into a Duration.
@@ -177,6 +207,16 @@ impl Args {
                 Ok(Some(trimmed.to_vec()))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Where rooms live: `--redis` or `--redis-cluster`, if given.
+    pub fn redis_target(&self) -> Option<crate::server::RedisTarget> {
+        use crate::server::RedisTarget;
+        match (&self.redis, &self.redis_cluster) {
+            (Some(u), _) => Some(RedisTarget::Single(u.clone())),
+            (None, Some(nodes)) if !nodes.is_empty() => Some(RedisTarget::Cluster(nodes.clone())),
+            _ => None,
         }
     }
 
@@ -214,6 +254,8 @@ impl Args {
             max_room_rate: self.max_room_rate,
             max_connections_per_ip: self.max_connections_per_ip,
             metrics_listen: self.metrics_listen,
+            redis: self.redis_target(),
+            redis_prefix: self.redis_prefix.clone(),
         };
         cfg.tick = cfg.auto_tick();
         cfg
@@ -245,6 +287,18 @@ mod tests {
         assert_eq!(c.max_connections, 19_000);
         assert!(c.backlog >= 4096);
         assert_eq!(c.tick, Duration::from_millis(100), "defaults: the 5 s close timeout / 20, capped");
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_choose_the_broker() {
+        use crate::server::RedisTarget;
+        assert_eq!(Args::try_parse_from(["c100k"]).unwrap().redis_target(), None);
+        let a = Args::try_parse_from(["c100k", "--redis", "redis://127.0.0.1:6379/2"]).unwrap();
+        assert_eq!(a.redis_target(), Some(RedisTarget::Single("redis://127.0.0.1:6379/2".into())));
+        let c = Args::try_parse_from(["c100k", "--redis-cluster", "redis://a:1,redis://b:2"]).unwrap();
+        assert_eq!(c.redis_target(), Some(RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])));
+        assert!(Args::try_parse_from(["c100k", "--redis", "localhost:6379"]).is_err());
+        assert!(Args::try_parse_from(["c100k", "--redis", "redis://a:1", "--redis-cluster", "redis://b:2"]).is_err());
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             drain: args.drain_timeout,
             backlog,
             steer_by_source_ip: args.reuseport_steer == c100k::cli::Steer::SourceIp,
+            redis: args.redis_target().is_some(),
         });
     }
 
@@ -109,6 +110,17 @@ fn main() -> ExitCode {
     );
     if first_worker {
         log_exposure(&args, server.local_addr());
+        match args.redis_target() {
+            Some(c100k::server::RedisTarget::Single(u)) => {
+                log::info!("rooms in Redis at {u}: shared with every process and node using it")
+            }
+            Some(c100k::server::RedisTarget::Cluster(n)) => log::info!(
+                "rooms in the Redis Cluster at {} (sharded pub/sub): shared with every process and node using it",
+                n.join(",")
+            ),
+            None if args.processes > 1 => {}
+            None => log::info!("rooms in memory (this process only; --redis shares them across processes and nodes)"),
+        }
     }
 
     match signals.wait() {

@@ -107,6 +107,8 @@ pub struct Plan {
     pub backlog: i32,
     /// `--reuseport-steer source-ip`.
     pub steer_by_source_ip: bool,
+    /// Rooms live in Redis, so they span every worker.
+    pub redis: bool,
 }
 
 /// Run the supervisor until every worker has drained after SIGINT/SIGTERM.
@@ -121,7 +123,7 @@ pub fn run(plan: Plan) -> ExitCode {
 }
 
 fn supervise(plan: Plan) -> Result<ExitCode, String> {
-    let Plan { processes, threads, drain, .. } = plan;
+    let Plan { processes, threads, drain, redis: plan_rooms_shared, .. } = plan;
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
         signals.add(s);
@@ -165,7 +167,12 @@ fn supervise(plan: Plan) -> Result<ExitCode, String> {
     if stopping.is_none() {
         log::info!(
             "c100k listening on {addr} with {processes} worker processes × {threads} event loops; \
-             rooms span one process (no cross-process fan-out yet); /metrics on any worker reports the whole server"
+             {}; /metrics on any worker reports the whole server",
+            if plan_rooms_shared {
+                "rooms span all worker processes (Redis)"
+            } else {
+                "rooms span one process (use --redis to share them)"
+            }
         );
     }
 

@@ -125,8 +125,7 @@ impl std::fmt::Debug for MemoryBroker {
 
 impl MemoryBroker {
     pub fn new(cfg: Settings, sink: Arc<dyn Sink>, gauges: Arc<dyn Gauges>) -> MemoryBroker {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-            ^ (u64::from(std::process::id()) << 32);
+        let seed = super::seed();
         let inner = Arc::new(Inner {
             cfg,
             sink,
@@ -134,7 +133,7 @@ impl MemoryBroker {
             rooms: Mutex::default(),
             next_id: AtomicU64::new(1),
             timers: Timers { heap: Mutex::default(), wake: Condvar::new(), stop: AtomicBool::new(false) },
-            rng: Mutex::new(seed | 1),
+            rng: Mutex::new(seed),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -163,14 +162,7 @@ fn unix_ms() -> u64 {
 
 impl Inner {
     fn new_epoch(&self) -> Arc<str> {
-        let mut s = lock(&self.rng);
-        // splitmix64
-        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        format!("{:012x}", z & 0xffff_ffff_ffff).into()
+        super::new_epoch(&mut lock(&self.rng)).into()
     }
 
     /// Run `f` on the room named `name` (created, with a new epoch, if unknown) with its state

@@ -10,6 +10,7 @@
 //! behind the same trait.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,11 @@ pub enum Event {
     Joined { to: ConnRef, room: RoomId, result: Joined },
     /// The answer to a publish, history or presence request (or its failure).
     Reply { to: ConnRef, id: Tag, reply: Reply },
+    /// A join could not be carried out (the broker is unreachable): the member is not in the room.
+    JoinFailed { to: ConnRef, room: RoomId, id: Tag, message: String },
+    /// The room's numbering restarted, or messages this node missed are gone from history: its
+    /// v1 members cannot continue from where they are and must join again.
+    Reset { room: RoomId, message: String },
 }
 
 /// Where a joining member starts.
@@ -72,6 +78,11 @@ pub trait Gauges: Send + Sync {
     fn history(&self, d: Delta);
     /// Rooms the broker holds state for (`+1` created, `-1` forgotten).
     fn rooms(&self, d: i64);
+    /// A request to an external broker (Redis) failed.
+    fn broker_error(&self) {}
+    /// The external broker became reachable again (true) or unreachable (false); called on
+    /// changes only, starting from reachable.
+    fn broker_up(&self, _up: bool) {}
     /// A publish refused by the room's rate limit.
     fn room_refused(&self);
 }
@@ -191,4 +202,20 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn status(&self) -> Result<(), String>;
     /// Stop background work (timers); called once at shutdown.
     fn stop(&self) {}
+}
+
+/// A seed for [`new_epoch`]: different in every process and at every start.
+pub fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+/// A fresh epoch: 12 hex digits (48 random bits, splitmix64 over `state`).
+pub fn new_epoch(state: &mut u64) -> String {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    format!("{:012x}", z & 0xffff_ffff_ffff)
 }

@@ -268,6 +268,16 @@ pub fn write_error(out: &mut Vec<u8>, id: Option<&str>, code: ErrorCode, message
     out.push(b'}');
 }
 
+/// `{"op":"error","id":…,"room":R,"code":C,"message":"…"}`: the connection is not (or no
+/// longer) in room `R` and may join it again.
+pub fn write_room_error(out: &mut Vec<u8>, id: Option<&str>, room: &str, code: ErrorCode, message: &str) {
+    open(out, "error", id);
+    field_str(out, "room", room);
+    field_str(out, "code", code.as_str());
+    field_str(out, "message", message);
+    out.push(b'}');
+}
+
 /// The fields of a room message, for encoding.
 #[derive(Debug, Clone, Copy)]
 pub struct MsgFields<'a> {
@@ -376,6 +386,9 @@ mod tests {
         o.clear();
         write_error(&mut o, Some("3"), ErrorCode::NotJoined, "join \"r\" first");
         assert_eq!(v(&o), json!({"op":"error","id":3,"code":"not_joined","message":"join \"r\" first"}));
+        o.clear();
+        write_room_error(&mut o, None, "r", ErrorCode::Unavailable, "join again");
+        assert_eq!(v(&o), json!({"op":"error","room":"r","code":"unavailable","message":"join again"}));
         o.clear();
         write_presence(&mut o, None, "r", [("ann", 2), ("bob", 1)]);
         assert_eq!(

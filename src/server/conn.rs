@@ -136,6 +136,10 @@ pub struct Peer {
     pub identity: Identity,
     pub seats: Vec<Seat>,
     pub bucket: Bucket,
+    /// A seed-mode member's `Sec-WebSocket-Accept`, kept until the broker has it in its room:
+    /// its 101 goes out then, so every message published after it reaches the member.
+    /// (A thin pointer: accept keys are always 28 bytes, and every member carries this field.)
+    pub upgrade: Option<Box<[u8; 28]>>,
 }
 
 impl Peer {

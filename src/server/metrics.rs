@@ -90,6 +90,8 @@ metrics! {
     history_messages: "gauge", "Room messages held in history by this server's broker.";
     history_bytes: "gauge", "Bytes of room history held by this server's broker.";
     broker_rooms: "gauge", "Rooms this server's broker holds state for (members, presence or history).";
+    redis_errors_total: "counter", "Redis requests that failed (each answered `unavailable` or retried).";
+    redis_down: "gauge", "Worker processes that cannot reach Redis now (0: all can; always 0 without --redis).";
 }
 
 /// Render a snapshot in the Prometheus text exposition format (version 0.0.4).

@@ -25,6 +25,8 @@ use self::metrics::Snapshot;
 use self::metrics_store::MetricsStore;
 use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+pub use crate::broker::redis::Target as RedisTarget;
 use crate::broker::{Broker, Event, Gauges, LoopId, RoomRate, Settings, Sink};
 use crate::rooms::history::Delta;
 
@@ -89,6 +91,10 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Serve `/metrics` and `/healthz` on this address too (loop 0), e.g. a private one.
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep rooms in Redis (shared by every process and node using it); `None`: in memory.
+    pub redis: Option<RedisTarget>,
+    /// Every Redis key and channel starts with this (apps or tenants sharing one Redis).
+    pub redis_prefix: String,
 }
 
 /// Default `--max-publish-rate`: messages a second per connection (chat, collaboration and game
@@ -133,6 +139,8 @@ impl Default for Config {
             max_room_rate: RoomRate::Auto(crate::broker::ROOM_DELIVERIES_PER_SEC),
             max_connections_per_ip: 0,
             metrics_listen: None,
+            redis: None,
+            redis_prefix: "c100k".into(),
         }
     }
 }
@@ -214,7 +222,18 @@ impl Gauges for BrokerGauges {
     fn room_refused(&self) {
         self.0.mine(0).room_rate_limited_total.add_shared(1);
     }
+
+    fn broker_error(&self) {
+        self.0.mine(0).redis_errors_total.add_shared(1);
+    }
+
+    fn broker_up(&self, up: bool) {
+        self.0.mine(0).redis_down.add_shared(if up { -1 } else { 1 });
+    }
 }
+
+/// How long a start waits for Redis to answer before giving up.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const LISTENER: Token = Token(usize::MAX);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 2);
@@ -297,11 +316,15 @@ impl Server {
             presence_grace: cfg.presence_grace,
             room_rate: cfg.max_room_rate,
         };
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
-            settings,
-            Arc::new(Mailboxes(mailboxes.clone())),
-            Arc::new(BrokerGauges(metrics.clone())),
-        ));
+        let sink = Arc::new(Mailboxes(mailboxes.clone()));
+        let gauges = Arc::new(BrokerGauges(metrics.clone()));
+        let broker: Arc<dyn Broker> = match &cfg.redis {
+            None => Arc::new(MemoryBroker::new(settings, sink, gauges)),
+            Some(target) => Arc::new(
+                RedisBroker::start(target.clone(), &cfg.redis_prefix, settings, sink, gauges, REDIS_CONNECT_TIMEOUT)
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
+            ),
+        };
         let admin = match cfg.metrics_listen {
             Some(a) => Some(listener::bind_reuseport(a, 128)?),
             None => None,
@@ -333,6 +356,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.cfg
     }
 
     /// Where --metrics-listen serves, if it does.

@@ -161,6 +161,55 @@ impl Rooms {
         }
     }
 
+    /// A join the broker could not carry out: the connection's seat in the room goes. Returns
+    /// the room's name when the connection was waiting for it (the caller tells it).
+    pub fn on_join_failed(&mut self, conns: &mut Slab<Conn>, to: ConnRef, room: RoomId) -> Option<Arc<str>> {
+        let idx = self.local.by_id(room)?;
+        if let Some(r) = self.local.get_mut(idx) {
+            r.pending = r.pending.saturating_sub(1);
+        }
+        let key = to.key as usize;
+        let name = self.local.get(idx).map(|r| r.name.clone());
+        let peer = conns.get_mut(key).filter(|c| c.gen == to.gen).and_then(|c| c.peer.as_mut());
+        let si = peer
+            .as_ref()
+            .and_then(|p| p.seat(idx))
+            .filter(|&si| peer.as_ref().is_some_and(|p| p.seats[si].pos == PENDING));
+        let waiting = match (peer, si) {
+            (Some(p), Some(si)) => {
+                p.seats.swap_remove(si);
+                true
+            }
+            _ => false,
+        };
+        self.release(idx);
+        waiting.then_some(name).flatten()
+    }
+
+    /// The broker cannot continue room `room` from where its members are (its data was lost):
+    /// v1 members are removed from it and told so (`error` `unavailable` with the room), to
+    /// join again with `since` and learn what was recovered. Seed-mode members stay.
+    pub fn on_reset(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        relay: &mut Relay,
+        m: &LoopMetrics,
+        room: RoomId,
+        message: &str,
+    ) {
+        let Some(idx) = self.local.by_id(room) else { return };
+        let Some(r) = self.local.get(idx) else { return };
+        let frame = v1_frame(|o| v1::write_room_error(o, None, &r.name, ErrorCode::Unavailable, message));
+        let keys: Vec<usize> = r.members.iter().filter(|mb| mb.wire == Wire::V1).map(|mb| mb.key as usize).collect();
+        for key in keys {
+            let Some(si) = conns.get(key).and_then(|c| c.peer.as_ref()).and_then(|p| p.seat(idx)) else { continue };
+            self.remove_seat(conns, key, si, false);
+            relay.send(key, &mut conns[key], &frame, m);
+            m.v1_errors_total.inc();
+        }
+        m.rooms.set(self.local.len() as u64);
+    }
+
     /// Leave `room` (a v1 `leave`). False when the connection was not in it.
     pub fn leave(&mut self, conns: &mut Slab<Conn>, key: usize, room: &str, clean: bool) -> bool {
         let Some(idx) = self.local.find(room) else { return false };

@@ -762,42 +762,85 @@ impl Worker {
     }
 
     fn upgrade(&mut self, key: usize, accept: &str, kind: WsKind, identity: Identity, protocol: Option<&str>) {
-        handshake::write_switching_protocols(&mut self.wbuf, accept, protocol);
-        let now = self.now32();
         let now_ms = self.now_ms();
-        let arm = self.conns[key].sess.open(now, &self.scfg);
         let c = &mut self.conns[key];
-        let room = match kind {
-            WsKind::Echo => {
-                c.route = Route::Echo;
-                None
-            }
-            WsKind::V1 => {
-                c.route = Route::V1;
-                None
-            }
-            WsKind::Raw { room } => {
-                c.route = Route::Raw;
-                Some(room)
-            }
+        c.route = match kind {
+            WsKind::Echo => Route::Echo,
+            WsKind::V1 => Route::V1,
+            WsKind::Raw { .. } => Route::Raw,
         };
         if c.route != Route::Echo {
             let bucket = Bucket::full(self.rooms.publish_rate(), now_ms);
-            c.peer = Some(Box::new(Peer { identity, seats: Vec::new(), bucket }));
+            c.peer = Some(Box::new(Peer { identity, seats: Vec::new(), bucket, upgrade: None }));
         }
-        if let Some(room) = room {
+        self.m().websockets_open.inc();
+        if let WsKind::Raw { room } = kind {
+            // A seed-mode member exists to be in its room: the 101 waits for the broker's
+            // answer to the join (`open_raw`), like an API request waits for its reply.
+            let c = &mut self.conns[key];
+            c.flags |= flags::AWAITING;
+            if let (Some(p), Ok(key)) = (c.peer.as_mut(), <[u8; 28]>::try_from(accept.as_bytes())) {
+                p.upgrade = Some(Box::new(key));
+            }
             if let Err((_, why)) = self.rooms.join(&mut self.conns, key, &room, None, false, None) {
                 log::debug!("loop {}: seed-mode join failed: {why}", self.id);
+                self.refuse_raw(key, &why);
             }
+            return;
         }
-        let m = self.m();
-        m.handshakes_total.inc();
-        m.websockets_open.inc();
+        self.open_ws(key, accept, protocol);
+    }
+
+    /// Send the 101 and start the WebSocket session.
+    fn open_ws(&mut self, key: usize, accept: &str, protocol: Option<&str>) {
+        handshake::write_switching_protocols(&mut self.wbuf, accept, protocol);
+        let now = self.now32();
+        let arm = self.conns[key].sess.open(now, &self.scfg);
+        self.m().handshakes_total.inc();
         match arm {
             Arm::Keep => {}
             Arm::After(d) => self.arm(key, d),
             Arm::Cancel => self.disarm(key),
         }
+    }
+
+    /// The broker has the seed-mode member `to` in its room: send its 101 now (before anything
+    /// of the room), then read what it sent meanwhile.
+    fn open_raw(&mut self, to: ConnRef) {
+        let key = to.key as usize;
+        if !self.live(key, to.gen) || !self.conns[key].has(flags::AWAITING) || self.conns[key].route != Route::Raw {
+            return;
+        }
+        let c = &mut self.conns[key];
+        c.flags &= !flags::AWAITING;
+        let Some(accept) = c.peer.as_mut().and_then(|p| p.upgrade.take()) else { return self.drop_conn(key) };
+        if c.has(flags::PEER_EOF) {
+            return self.drop_conn(key);
+        }
+        self.open_ws(key, std::str::from_utf8(&accept[..]).unwrap_or_default(), None);
+        self.flush_wbuf(key);
+        if let Some(c) = self.conns.get(key) {
+            self.ready.push((key, c.gen));
+        }
+    }
+
+    /// A seed-mode member's join failed before its 101: answer 503 instead.
+    fn refuse_raw(&mut self, key: usize, why: &str) {
+        let c = &mut self.conns[key];
+        c.flags &= !flags::AWAITING;
+        c.route = Route::Http;
+        // Its only seat is gone already (refused, or the failure removed it).
+        c.peer = None;
+        self.m().websockets_open.sub(1);
+        let r = Response {
+            status: 503,
+            headers: vec![("Retry-After", "1".into())],
+            body: Answer::Text(format!("rooms unavailable: {why}\n").into()),
+            close: true,
+            ws: true,
+        };
+        self.respond(key, r, true);
+        self.flush_wbuf(key);
     }
 
     /// Write a plain HTTP answer; `failed`: a WebSocket handshake refused.
@@ -1297,9 +1340,35 @@ impl Worker {
             }
             Event::Presence { room, ev } => self.rooms.presence(&mut self.conns, &mut self.relay, m, room, &ev),
             Event::Joined { to, room, result } => {
+                self.open_raw(to);
+                let m = self.shared.metrics.mine(self.id);
                 self.rooms.on_joined(&mut self.conns, &mut self.relay, m, to, room, result)
             }
             Event::Reply { to, id, reply } => self.on_reply(to, id, reply),
+            Event::JoinFailed { to, room, id, message } => {
+                let Some(name) = self.rooms.on_join_failed(&mut self.conns, to, room) else { return };
+                let key = to.key as usize;
+                if self.conns[key].has(flags::AWAITING) && self.conns[key].route == Route::Raw {
+                    return self.refuse_raw(key, &message);
+                }
+                if self.conns[key].sess.phase() != Phase::Open {
+                    return;
+                }
+                if self.conns[key].route == Route::V1 {
+                    let frame = v1_frame(|o| {
+                        v1::write_room_error(o, id.as_deref(), &name, v1::ErrorCode::Unavailable, &message)
+                    });
+                    let m = self.shared.metrics.mine(self.id);
+                    m.v1_errors_total.inc();
+                    self.relay.send(key, &mut self.conns[key], &frame, m);
+                } else {
+                    // A seed-mode member exists to be in its room: it comes back later.
+                    self.close_with(key, codes::TRY_AGAIN_LATER, "rooms unavailable, try again later");
+                }
+            }
+            Event::Reset { room, message } => {
+                self.rooms.on_reset(&mut self.conns, &mut self.relay, m, room, &message);
+            }
         }
     }
 

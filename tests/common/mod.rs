@@ -12,6 +12,65 @@ use c100k::proto::ws::frame::{self, Control, Data, OpCode, Role};
 use c100k::proto::ws::handshake::{self, ParsedResponse};
 use c100k::server::{Config, Server};
 
+pub mod redis;
+
+/// With `C100K_TEST_BROKER=redis`, [`server`] keeps rooms in a Redis this test process starts
+/// (one for the whole process, each server under its own key prefix): the same tests then check
+/// that the Redis broker keeps the in-memory broker's semantics.
+pub fn redis_broker() -> bool {
+    std::env::var("C100K_TEST_BROKER").is_ok_and(|v| v == "redis")
+}
+
+/// The shared Redis of [`redis_broker`] mode, started on first use by a thread that lives as
+/// long as the process (the server dies with it: it has PDEATHSIG set to that thread).
+fn shared_redis_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = redis::RedisServer::start(false);
+            tx.send(r.url()).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the Redis for the tests started")
+    })
+    .clone()
+}
+
+/// Whether a Redis-backed server's key `room`'s `suffix` (meta, s, …) exists.
+fn redis_key_exists(srv: &Server, room: &str, suffix: &str) -> bool {
+    let Some(c100k::server::RedisTarget::Single(url)) = &srv.config().redis else { panic!("not on Redis") };
+    let addr: SocketAddr = url.trim_start_matches("redis://").parse().unwrap();
+    let key = format!("{}:{{{room}}}:{suffix}", srv.config().redis_prefix);
+    redis::command(addr, &["EXISTS", &key]).as_deref() != Some(":0")
+}
+
+/// The broker holds no history for `room` any more (in memory: none for any room).
+pub fn history_gone(srv: &Server, room: &str) -> bool {
+    if srv.config().redis.is_some() {
+        !redis_key_exists(srv, room, "s")
+    } else {
+        srv.metrics().history_messages == 0 && srv.metrics().history_bytes == 0
+    }
+}
+
+/// The broker forgot `room` (in memory: every room): its next join starts a new epoch.
+pub fn room_forgotten(srv: &Server, room: &str) -> bool {
+    if srv.config().redis.is_some() {
+        !redis_key_exists(srv, room, "meta")
+    } else {
+        srv.metrics().broker_rooms == 0
+    }
+}
+
+/// A key prefix no other server of this run uses.
+pub fn unique_prefix() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("t{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Every blocking read in the tests gives up after this long, so a bug fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,6 +92,10 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> Server {
         tick: Duration::from_millis(10),
         ..Config::default()
     };
+    if redis_broker() {
+        cfg.redis = Some(c100k::server::RedisTarget::Single(shared_redis_url()));
+        cfg.redis_prefix = unique_prefix();
+    }
     tweak(&mut cfg);
     Server::start(cfg).expect("server starts")
 }

@@ -186,6 +186,8 @@ pub mod codes {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// A service the connection needs is unavailable for now (the rooms broker).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 #[cfg(test)]

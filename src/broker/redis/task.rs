@@ -1,0 +1,884 @@
+//! The Redis thread: per room, the subscription, the position handed to the loops, joins in
+//! batches, catch-ups, and the calls to Redis in the order they were made.
+//!
+//! Everything here runs on one tokio task (current-thread runtime); Redis calls run in the
+//! background and their outcomes come back as [`Done`]s, handled in order with requests and
+//! pushes. Calls about one room go out in the order they were made, one pipeline at a time per
+//! room (so one connection's publishes keep their order, and a leave never overtakes its join);
+//! different rooms proceed side by side.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Cmd, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::conn::{evalsha, Keys, RConn, Scripts};
+use super::parse::{self, CatchUp, Msg};
+use super::{lock, Health, Req};
+use crate::broker::{Event, Gauges, Joined, Reply, RoomRate, Settings, Sink, Tag};
+use crate::proto::v1::{ErrorCode, Position};
+use crate::rooms::members::RoomId;
+use crate::rooms::message::{ConnRef, Payload, PresenceEvent};
+
+/// Why members are told to join again.
+const LOST: &str = "messages of this room were lost (its Redis data was reset or trimmed): join again";
+const RESTARTED: &str = "this room's numbering restarted (its Redis data was lost): join again";
+
+/// A room whose last local member left stays subscribed this long: a member coming back (a
+/// reload, a reconnect) finds it ready, and a flapping room does not churn subscriptions.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Calls per pipeline.
+const BATCH: usize = 512;
+
+/// A join waiting for its batch.
+#[derive(Debug)]
+pub(super) struct PendingJoin {
+    to: ConnRef,
+    user: Arc<str>,
+    since: Option<Position>,
+    tag: Tag,
+}
+
+/// A room's subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// SUBSCRIBE in flight.
+    Subscribing,
+    /// It failed: tried again by the retry tick.
+    Retry,
+    Live,
+    /// UNSUBSCRIBE in flight; `again`: a member came back meanwhile.
+    Leaving {
+        again: bool,
+    },
+}
+
+struct Room {
+    /// The loops' name for it (changes when a lingering room is subscribed again).
+    id: RoomId,
+    keys: Keys,
+    loops: Vec<u64>,
+    sub: Sub,
+    /// The epoch and the last seq handed to the loops (known after the first join).
+    epoch: Option<Arc<str>>,
+    forwarded: Option<u64>,
+    /// A join batch or a catch-up is in flight: live messages wait in `held`.
+    busy: bool,
+    held: BTreeMap<u64, Msg>,
+    joins: VecDeque<PendingJoin>,
+    /// A catch-up is wanted once nothing is in flight.
+    catch_up: bool,
+    /// This node's connections per user in the room (for presence refreshes).
+    users: HashMap<Arc<str>, u32>,
+    /// No local members since then.
+    idle_since: Option<Instant>,
+}
+
+impl Room {
+    fn forget_user(&mut self, user: &Arc<str>) {
+        if let Some(n) = self.users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+}
+
+/// A room's calls waiting to go out.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(Cmd, Then)>,
+    in_flight: bool,
+}
+
+/// What a call's answer becomes.
+type Then = Box<dyn FnOnce(Result<Value, String>) -> Done + Send>;
+
+/// What finished in the background.
+pub(super) enum Done {
+    Subscribed {
+        room: Arc<str>,
+        ok: Result<(), String>,
+    },
+    Unsubscribed {
+        room: Arc<str>,
+    },
+    Joined {
+        room: Arc<str>,
+        batch: Vec<PendingJoin>,
+        result: Result<(String, u64, Vec<Msg>), String>,
+    },
+    CaughtUp {
+        room: Arc<str>,
+        result: Result<CatchUp, String>,
+    },
+    /// A room's pipeline is answered: the next may go.
+    Sent {
+        room: Arc<str>,
+    },
+    Ok,
+    Err(String),
+}
+
+pub(super) struct Task {
+    cfg: Settings,
+    sink: Arc<dyn Sink>,
+    gauges: Arc<dyn Gauges>,
+    conn: RConn,
+    health: Arc<Health>,
+    scripts: Arc<Scripts>,
+    /// Every key and channel starts with this.
+    prefix: Arc<str>,
+    /// This process's name in presence entries and message origins.
+    node: Arc<str>,
+    rng: u64,
+    rooms: HashMap<Arc<str>, Room>,
+    by_id: HashMap<RoomId, Arc<str>>,
+    by_channel: HashMap<String, Arc<str>>,
+    queues: HashMap<Arc<str>, Queue>,
+    done_tx: mpsc::UnboundedSender<Done>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+/// Post an event to every loop in the bit set `loops`.
+fn post_loops(sink: &dyn Sink, loops: &[u64], ev: impl Fn() -> Event) {
+    for (w, &word) in loops.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            sink.post(w * 64 + b, ev(), true);
+        }
+    }
+}
+
+impl Task {
+    pub(super) fn new(
+        cfg: Settings,
+        sink: Arc<dyn Sink>,
+        gauges: Arc<dyn Gauges>,
+        conn: RConn,
+        health: Arc<Health>,
+        scripts: Scripts,
+        prefix: Arc<str>,
+    ) -> (Task, mpsc::UnboundedReceiver<Done>) {
+        let mut rng = crate::broker::seed();
+        let node: Arc<str> = crate::broker::new_epoch(&mut rng).into();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let t = Task {
+            cfg,
+            sink,
+            gauges,
+            conn,
+            health,
+            scripts: Arc::new(scripts),
+            prefix,
+            node,
+            rng,
+            rooms: HashMap::new(),
+            by_id: HashMap::new(),
+            by_channel: HashMap::new(),
+            queues: HashMap::new(),
+            done_tx,
+        };
+        (t, done_rx)
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut done: mpsc::UnboundedReceiver<Done>,
+        mut rx: mpsc::UnboundedReceiver<Req>,
+        mut push: mpsc::UnboundedReceiver<PushInfo>,
+    ) {
+        let grace = self.cfg.presence_grace;
+        let mut refresh = tokio::time::interval((grace / 3).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+        let mut sweep = tokio::time::interval((grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+        let mut retry = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            // Biased, pushes first: Redis sends what a script publishes before its answer, so a
+            // join's own presence_join is handled before the join's result (as in memory: the
+            // joiner does not hear of itself), and a batch's messages before its answers.
+            tokio::select! {
+                biased;
+                Some(p) = push.recv() => self.on_push(p),
+                Some(d) = done.recv() => self.on_done(d),
+                r = rx.recv() => match r {
+                    Some(Req::Stop) | None => return,
+                    Some(r) => self.on_req(r),
+                },
+                _ = refresh.tick() => self.refresh(),
+                _ = sweep.tick() => self.sweep(),
+                _ = retry.tick() => self.retry(),
+            }
+        }
+    }
+
+    // ---- calls ----
+
+    /// Queue a call about `room`; its answer comes back through `then` as a [`Done`].
+    fn call(&mut self, room: &Arc<str>, cmd: Cmd, then: impl FnOnce(Result<Value, String>) -> Done + Send + 'static) {
+        let q = self.queues.entry(room.clone()).or_default();
+        q.waiting.push((cmd, Box::new(then)));
+        if !q.in_flight {
+            self.send_batch(room);
+        }
+    }
+
+    fn send_batch(&mut self, room: &Arc<str>) {
+        let Some(q) = self.queues.get_mut(room) else { return };
+        if q.waiting.is_empty() {
+            self.queues.remove(room);
+            return;
+        }
+        let take = q.waiting.len().min(BATCH);
+        let batch: Vec<(Cmd, Then)> = q.waiting.drain(..take).collect();
+        q.in_flight = true;
+        let (mut c, s, tx, room) = (self.conn.clone(), self.scripts.clone(), self.done_tx.clone(), room.clone());
+        tokio::spawn(async move {
+            let (cmds, thens): (Vec<Cmd>, Vec<Then>) = batch.into_iter().unzip();
+            let answers = c.run_batch(cmds, &s).await;
+            for (then, a) in thens.into_iter().zip(answers) {
+                let _ = tx.send(then(a));
+            }
+            let _ = tx.send(Done::Sent { room });
+        });
+    }
+
+    /// Run `f` on a clone of the connection in the background (subscriptions).
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(RConn) -> Fut,
+        Fut: std::future::Future<Output = Done> + Send + 'static,
+    {
+        let fut = f(self.conn.clone());
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+    }
+
+    fn failed(&self, why: &str) {
+        self.gauges.broker_error();
+        if self.health.up.swap(false, Ordering::Relaxed) {
+            log::warn!("Redis: {why}");
+            self.gauges.broker_up(false);
+        }
+        *lock(&self.health.why) = why.to_string();
+    }
+
+    fn succeeded(&mut self) {
+        if !self.health.up.swap(true, Ordering::Relaxed) {
+            log::info!("Redis: reachable again");
+            self.gauges.broker_up(true);
+            // Whatever was published while it was not is read from the streams.
+            for r in self.rooms.values_mut() {
+                r.catch_up = true;
+            }
+        }
+    }
+
+    fn keys(&self, room: &str) -> Keys {
+        Keys::of(&self.prefix, room)
+    }
+
+    // ---- requests from the loops ----
+
+    fn on_req(&mut self, r: Req) {
+        match r {
+            Req::Subscribe { id, name } => self.subscribe(id, name),
+            Req::Loops { id, loops } => {
+                if let Some(r) = self.by_id.get(&id).and_then(|n| self.rooms.get_mut(n)) {
+                    r.idle_since = loops.iter().all(|w| *w == 0).then(Instant::now);
+                    r.loops = loops;
+                }
+            }
+            Req::Unsubscribe { id } => {
+                let Some(name) = self.by_id.get(&id).cloned() else { return };
+                let Some(r) = self.rooms.get_mut(&name) else { return };
+                r.loops.iter_mut().for_each(|w| *w = 0);
+                r.idle_since = Some(Instant::now());
+                let failed: Vec<PendingJoin> = r.joins.drain(..).collect();
+                for j in failed {
+                    r.forget_user(&j.user);
+                    let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: "left before joining".into() };
+                    self.sink.post(j.to.lp as usize, ev, true);
+                }
+            }
+            Req::Join { id, to, user, since, tag } => {
+                let Some(r) = self.by_id.get(&id).and_then(|n| self.rooms.get_mut(n)) else {
+                    let ev = Event::JoinFailed { to, room: id, id: tag, message: "no subscription".into() };
+                    self.sink.post(to.lp as usize, ev, true);
+                    return;
+                };
+                // Counted from now, so a leave that follows at once finds it.
+                *r.users.entry(user.clone()).or_default() += 1;
+                r.joins.push_back(PendingJoin { to, user, since, tag });
+                let name = self.by_id[&id].clone();
+                self.next_batch(&name);
+            }
+            Req::Leave { name, user, clean } => self.leave(name, user, clean),
+            Req::Publish { room, from, payload, origin, ack } => self.publish(room, from, payload, origin, ack),
+            Req::History { to, tag, room, since, limit } => self.history(to, tag, room, since, limit),
+            Req::Presence { to, tag, room } => self.presence(to, tag, room),
+            Req::Stop => {}
+        }
+    }
+
+    fn subscribe(&mut self, id: RoomId, name: Arc<str>) {
+        if let Some(r) = self.rooms.get_mut(&name) {
+            // Still subscribed (lingering) or on its way out: take it up again under its new id.
+            self.by_id.remove(&r.id);
+            r.id = id;
+            r.idle_since = None;
+            if let Sub::Leaving { again } = &mut r.sub {
+                *again = true;
+            }
+            self.by_id.insert(id, name);
+            return;
+        }
+        let keys = self.keys(&name);
+        self.by_channel.insert(keys.channel.clone(), name.clone());
+        self.by_id.insert(id, name.clone());
+        self.rooms.insert(
+            name.clone(),
+            Room {
+                id,
+                keys,
+                loops: Vec::new(),
+                sub: Sub::Subscribing,
+                epoch: None,
+                forwarded: None,
+                busy: false,
+                held: BTreeMap::new(),
+                joins: VecDeque::new(),
+                catch_up: false,
+                users: HashMap::new(),
+                idle_since: None,
+            },
+        );
+        self.start_subscribe(&name);
+    }
+
+    fn start_subscribe(&mut self, name: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(name) else { return };
+        r.sub = Sub::Subscribing;
+        let (ch, room) = (r.keys.channel.clone(), name.clone());
+        self.spawn(move |mut c| async move {
+            Done::Subscribed { room, ok: c.subscribe(&ch).await.map_err(|e| e.to_string()) }
+        });
+    }
+
+    fn leave(&mut self, name: Arc<str>, user: Arc<str>, clean: bool) {
+        if let Some(r) = self.rooms.get_mut(&name) {
+            r.forget_user(&user);
+        }
+        let k = self.keys(&name);
+        let mut cmd = evalsha(&self.scripts.leave, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
+        cmd.arg(&k.channel).arg(&*self.node).arg(&*user).arg(u8::from(clean)).arg(ms(self.cfg.presence_grace));
+        cmd.arg(u8::from(self.conn.sharded()));
+        self.call(&name, cmd, |a| match a {
+            Ok(_) => Done::Ok,
+            Err(e) => Done::Err(format!("leave: {e}")),
+        });
+    }
+
+    /// Start the next join batch of `room` if nothing is in flight for it.
+    fn next_batch(&mut self, name: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(name) else { return };
+        if r.busy || r.sub != Sub::Live {
+            return;
+        }
+        if r.joins.is_empty() {
+            if r.catch_up {
+                self.start_catch_up(name);
+            }
+            return;
+        }
+        let batch: Vec<PendingJoin> = r.joins.drain(..).collect();
+        // The history needed: after the earliest position any joiner resumes from, and after
+        // what this node has handed its members (to give them what they have not seen yet).
+        let mut after: Option<u64> = r.forwarded;
+        for j in &batch {
+            if let Some(p) = &j.since {
+                if r.epoch.as_deref().is_none_or(|e| *e == *p.epoch) {
+                    after = Some(after.map_or(p.seq, |a| a.min(p.seq)));
+                }
+            }
+        }
+        r.busy = true;
+        let k = r.keys.clone();
+        let epoch = crate::broker::new_epoch(&mut self.rng);
+        let mut cmd = evalsha(&self.scripts.join, &[&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers]);
+        cmd.arg(&k.channel).arg(&epoch).arg(ms(self.cfg.history_ttl)).arg(ms(self.cfg.presence_grace));
+        cmd.arg(after.map_or(-1, |a| a as i64)).arg(&*self.node).arg(u8::from(self.conn.sharded()));
+        for j in &batch {
+            cmd.arg(&*j.user);
+        }
+        let room = name.clone();
+        self.call(name, cmd, move |a| {
+            let result = a.and_then(|v| parse::parse_join(v, &room));
+            Done::Joined { room, batch, result }
+        });
+    }
+
+    fn start_catch_up(&mut self, name: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(name) else { return };
+        let Some(after) = r.forwarded else {
+            r.catch_up = false;
+            return;
+        };
+        if r.busy || r.sub != Sub::Live {
+            r.catch_up = true;
+            return;
+        }
+        r.busy = true;
+        r.catch_up = false;
+        let mut cmd = evalsha(&self.scripts.catchup, &[&r.keys.meta, &r.keys.stream]);
+        cmd.arg(after);
+        let room = name.clone();
+        self.call(name, cmd, move |a| {
+            let result = a.and_then(|v| parse::parse_catchup(v, &room));
+            Done::CaughtUp { room, result }
+        });
+    }
+
+    // ---- outcomes ----
+
+    fn on_done(&mut self, d: Done) {
+        match d {
+            Done::Ok => self.succeeded(),
+            Done::Err(e) => self.failed(&e),
+            Done::Sent { room } => {
+                if let Some(q) = self.queues.get_mut(&room) {
+                    q.in_flight = false;
+                }
+                self.send_batch(&room);
+            }
+            Done::Subscribed { room, ok } => self.subscribed(room, ok),
+            Done::Unsubscribed { room } => {
+                let Some(r) = self.rooms.get_mut(&room) else { return };
+                if r.sub == (Sub::Leaving { again: true }) {
+                    // Messages published meanwhile were missed: the confirmation's catch-up
+                    // reads them.
+                    self.start_subscribe(&room);
+                } else if let Some(r) = self.rooms.remove(&room) {
+                    self.by_id.remove(&r.id);
+                    self.by_channel.remove(&r.keys.channel);
+                }
+            }
+            Done::Joined { room, batch, result } => self.joined(room, batch, result),
+            Done::CaughtUp { room, result } => self.caught_up(room, result),
+        }
+    }
+
+    fn subscribed(&mut self, room: Arc<str>, ok: Result<(), String>) {
+        match ok {
+            Ok(()) => {
+                self.succeeded();
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.sub = Sub::Live;
+                }
+                self.next_batch(&room);
+            }
+            Err(e) => {
+                self.failed(&format!("subscribe: {e}"));
+                // Joins cannot wait for Redis to come back: they fail now (and the client may
+                // join again); the subscription is retried.
+                let Some(r) = self.rooms.get_mut(&room) else { return };
+                r.sub = Sub::Retry;
+                let id = r.id;
+                let failed: Vec<PendingJoin> = r.joins.drain(..).collect();
+                for j in failed {
+                    r.forget_user(&j.user);
+                    let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: format!("Redis: {e}") };
+                    self.sink.post(j.to.lp as usize, ev, true);
+                }
+            }
+        }
+    }
+
+    fn joined(&mut self, room: Arc<str>, batch: Vec<PendingJoin>, result: Result<(String, u64, Vec<Msg>), String>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.busy = false;
+        let id = r.id;
+        let (epoch, top, entries) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                for j in batch {
+                    r.forget_user(&j.user);
+                    let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: format!("Redis: {e}") };
+                    self.sink.post(j.to.lp as usize, ev, true);
+                }
+                self.failed(&e);
+                self.next_batch(&room);
+                return;
+            }
+        };
+        let epoch: Arc<str> = epoch.into();
+        let mut reset = false;
+        if r.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            reset = true;
+            r.forwarded = None;
+            r.held.clear();
+        }
+        r.epoch = Some(epoch.clone());
+        // Hand the loops what they have not seen yet, in order.
+        if let Some(f) = r.forwarded {
+            let missing: Vec<&Msg> = entries.iter().filter(|m| m.seq > f && m.seq <= top).collect();
+            let complete =
+                top <= f || missing.first().is_some_and(|m| m.seq == f + 1) && missing.len() as u64 == top - f;
+            if complete {
+                for m in missing {
+                    post_loops(&*self.sink, &r.loops, || Event::Deliver { room: id, msg: m.clone() });
+                }
+            } else {
+                reset = true;
+            }
+        }
+        r.forwarded = Some(top.max(r.forwarded.unwrap_or(0)));
+        if reset {
+            post_loops(&*self.sink, &r.loops, || Event::Reset { room: id, message: LOST.into() });
+        }
+        for j in batch {
+            let (recovered, replay) = match &j.since {
+                Some(p) if *p.epoch == *epoch && p.seq <= top => {
+                    let replay: Vec<Msg> = entries.iter().filter(|m| m.seq > p.seq && m.seq <= top).cloned().collect();
+                    let whole = replay.len() as u64 == top - p.seq && replay.first().is_none_or(|m| m.seq == p.seq + 1);
+                    if whole {
+                        (true, replay)
+                    } else {
+                        (false, Vec::new())
+                    }
+                }
+                _ => (false, Vec::new()),
+            };
+            let result = Joined { id: j.tag, epoch: epoch.clone(), top, recovered, replay };
+            self.sink.post(j.to.lp as usize, Event::Joined { to: j.to, room: id, result }, true);
+        }
+        self.succeeded();
+        self.drain_held(&room);
+        self.next_batch(&room);
+    }
+
+    fn caught_up(&mut self, room: Arc<str>, result: Result<CatchUp, String>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.busy = false;
+        let (epoch, top, entries) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                r.catch_up = true; // retried
+                self.failed(&e);
+                return;
+            }
+        };
+        let f = r.forwarded.unwrap_or(0);
+        let same_epoch = match (&epoch, &r.epoch) {
+            (Some(e), Some(known)) => **known == **e,
+            (None, _) => false, // the room's data is gone
+            (Some(_), None) => true,
+        };
+        let complete = top <= f || entries.first().is_some_and(|m| m.seq == f + 1) && entries.len() as u64 >= top - f;
+        if same_epoch && complete {
+            for m in entries {
+                if m.seq > f {
+                    r.held.insert(m.seq, m);
+                }
+            }
+        } else {
+            // What this node's members missed is gone: v1 members join again (and learn
+            // `recovered:false`); seed-mode members go on from the room's top.
+            if !same_epoch {
+                r.held.clear();
+            }
+            r.epoch = epoch.map(Into::into);
+            r.forwarded = r.epoch.as_ref().map(|_| top);
+            post_loops(&*self.sink, &r.loops, || Event::Reset { room: r.id, message: LOST.into() });
+        }
+        self.succeeded();
+        self.drain_held(&room);
+        self.next_batch(&room);
+    }
+
+    /// Hand the loops the held messages that come next in order; a gap starts a catch-up.
+    fn drain_held(&mut self, name: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(name) else { return };
+        let Some(mut f) = r.forwarded else { return };
+        while let Some(entry) = r.held.first_entry() {
+            let seq = *entry.key();
+            if seq <= f {
+                entry.remove();
+                continue;
+            }
+            if seq != f + 1 {
+                break;
+            }
+            let m = entry.remove();
+            post_loops(&*self.sink, &r.loops, || Event::Deliver { room: r.id, msg: m.clone() });
+            f = seq;
+        }
+        r.forwarded = Some(f);
+        if !r.held.is_empty() {
+            self.start_catch_up(name);
+        }
+    }
+
+    // ---- pushes ----
+
+    fn on_push(&mut self, p: PushInfo) {
+        match p.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) = (p.data.first(), p.data.get(1))
+                else {
+                    return;
+                };
+                let Some(name) = std::str::from_utf8(ch).ok().and_then(|ch| self.by_channel.get(ch)).cloned() else {
+                    return;
+                };
+                self.on_channel(&name, payload);
+            }
+            PushKind::Disconnection => {
+                self.failed("connection lost");
+                // Pub/sub missed whatever was published meanwhile: every room catches up once
+                // the connection (and its subscriptions) are back.
+                for r in self.rooms.values_mut() {
+                    r.catch_up = true;
+                }
+            }
+            PushKind::Subscribe | PushKind::SSubscribe => {
+                // A (re)subscription took effect: what was published before it is read from
+                // the stream (nothing, unless a reconnect lost some).
+                let Some(Value::BulkString(ch)) = p.data.first() else { return };
+                if let Some(name) = std::str::from_utf8(ch).ok().and_then(|ch| self.by_channel.get(ch)).cloned() {
+                    self.start_catch_up(&name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_channel(&mut self, name: &Arc<str>, payload: &[u8]) {
+        let Some(r) = self.rooms.get_mut(name) else { return };
+        if let Some((joined, user)) = parse::parse_presence_event(payload) {
+            let ev = Arc::new(PresenceEvent::new(name.clone(), user, joined));
+            post_loops(&*self.sink, &r.loops, || Event::Presence { room: r.id, ev: ev.clone() });
+            return;
+        }
+        let Some(m) = parse::parse_message(payload, name, &self.node) else {
+            log::warn!("Redis: unreadable message on {}", r.keys.channel);
+            return;
+        };
+        let settled = !r.busy && r.joins.is_empty();
+        if r.epoch.as_ref().is_some_and(|e| *e != m.epoch) {
+            // The room's numbering restarted (its Redis data was lost): v1 members join again;
+            // seed-mode members go on with the new numbering.
+            r.held.clear();
+            r.epoch = Some(m.epoch.clone());
+            r.forwarded = Some(m.seq - 1);
+            post_loops(&*self.sink, &r.loops, || Event::Reset { room: r.id, message: RESTARTED.into() });
+        } else if r.forwarded.is_none() && settled {
+            // After a reset that found the room gone: the first new message sets the position.
+            r.epoch = Some(m.epoch.clone());
+            r.forwarded = Some(m.seq - 1);
+        }
+        r.held.insert(m.seq, Arc::new(m));
+        if !r.busy {
+            self.drain_held(name);
+        }
+    }
+
+    // ---- publish and queries ----
+
+    fn publish(
+        &mut self,
+        room: Arc<str>,
+        from: Arc<str>,
+        payload: Payload,
+        origin: Option<ConnRef>,
+        ack: Option<(ConnRef, Tag)>,
+    ) {
+        let k = self.keys(&room);
+        let epoch = crate::broker::new_epoch(&mut self.rng);
+        let (binary, data): (u8, Vec<u8>) = match payload {
+            Payload::Json(s) => (0, s.into_boxed_bytes().into_vec()),
+            Payload::Binary(b) => (1, b.into_vec()),
+        };
+        let origin_s = origin.map_or(String::new(), |o| format!("{}:{}:{}:{}", self.node, o.lp, o.key, o.gen));
+        let (mode, val) = match self.cfg.room_rate {
+            RoomRate::Off => (0, 0),
+            RoomRate::Fixed(n) => (1, n),
+            RoomRate::Auto(b) => (2, b),
+        };
+        let ttl = ms(self.cfg.history_ttl);
+        let mut cmd = evalsha(&self.scripts.publish, &[&k.meta, &k.stream]);
+        cmd.arg(&k.channel).arg(&epoch).arg(&*from).arg(unix_ms()).arg(binary).arg(data);
+        cmd.arg(self.cfg.history_size).arg(ttl).arg(ttl).arg(mode).arg(val).arg(origin_s);
+        cmd.arg(u8::from(self.conn.sharded()));
+        let (sink, gauges) = (self.sink.clone(), self.gauges.clone());
+        let wants_ack = ack.is_some();
+        let r = room.clone();
+        self.call(&room, cmd, move |a| {
+            // Whoever published hears back: its v1 answer, or a seed-mode member's error.
+            let tell = |reply: Reply| {
+                let (to, id) = match (ack, origin) {
+                    (Some((to, id)), _) => (to, id),
+                    (None, Some(o)) => (o, None),
+                    (None, None) => return,
+                };
+                sink.post(to.lp as usize, Event::Reply { to, id, reply }, true);
+            };
+            match a.and_then(parse::parse_published) {
+                Ok((_, seq, rate)) if seq < 0 => {
+                    gauges.room_refused();
+                    tell(Reply::Error {
+                        code: ErrorCode::RateLimited,
+                        message: format!("room over --max-room-rate ({rate} messages/s)"),
+                    });
+                    Done::Ok
+                }
+                Ok((epoch, seq, _)) => {
+                    if wants_ack {
+                        tell(Reply::Published { room: r, seq: seq as u64, epoch: epoch.into() });
+                    }
+                    Done::Ok
+                }
+                Err(e) => {
+                    // Never accepted and lost: the publisher is told it did not happen.
+                    tell(Reply::Error {
+                        code: ErrorCode::Unavailable,
+                        message: format!("not published: Redis unavailable ({e})"),
+                    });
+                    Done::Err(format!("publish: {e}"))
+                }
+            }
+        });
+    }
+
+    fn history(&mut self, to: ConnRef, tag: Tag, room: Arc<str>, since: Option<Position>, limit: usize) {
+        let k = self.keys(&room);
+        let mut cmd = evalsha(&self.scripts.history, &[&k.meta, &k.stream]);
+        cmd.arg(crate::broker::new_epoch(&mut self.rng)).arg(ms(self.cfg.history_ttl));
+        match &since {
+            Some(p) => cmd.arg(&*p.epoch).arg(p.seq as i64),
+            None => cmd.arg("").arg(-1),
+        };
+        cmd.arg(limit);
+        let sink = self.sink.clone();
+        let r = room.clone();
+        self.call(&room, cmd, move |a| {
+            let (reply, done) = match a.and_then(|v| parse::parse_history(v, &r)) {
+                Ok((epoch, messages)) => (Reply::History { room: r, epoch: epoch.into(), messages }, Done::Ok),
+                Err(e) => (unavailable(&e), Done::Err(format!("history: {e}"))),
+            };
+            sink.post(to.lp as usize, Event::Reply { to, id: tag, reply }, true);
+            done
+        });
+    }
+
+    fn presence(&mut self, to: ConnRef, tag: Tag, room: Arc<str>) {
+        let k = self.keys(&room);
+        let cmd = evalsha(&self.scripts.presence, &[&k.pres, &k.pconns]);
+        let sink = self.sink.clone();
+        let r = room.clone();
+        self.call(&room, cmd, move |a| {
+            let (reply, done) = match a.and_then(parse::parse_presence) {
+                Ok(mut users) => {
+                    users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    (Reply::Presence { room: r, users }, Done::Ok)
+                }
+                Err(e) => (unavailable(&e), Done::Err(format!("presence: {e}"))),
+            };
+            sink.post(to.lp as usize, Event::Reply { to, id: tag, reply }, true);
+            done
+        });
+    }
+
+    // ---- timers ----
+
+    /// Keep this node's users present, and every room with members alive.
+    fn refresh(&mut self) {
+        let (ttl, grace) = (ms(self.cfg.history_ttl), ms(self.cfg.presence_grace));
+        let calls: Vec<(Arc<str>, Cmd)> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.users.is_empty())
+            .map(|(name, r)| {
+                let k = &r.keys;
+                let mut cmd = evalsha(&self.scripts.refresh, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
+                cmd.arg(ttl).arg(grace).arg(&*self.node);
+                for u in r.users.keys() {
+                    cmd.arg(&**u);
+                }
+                (name.clone(), cmd)
+            })
+            .collect();
+        for (name, cmd) in calls {
+            self.call(&name, cmd, |a| match a {
+                Ok(_) => Done::Ok,
+                Err(e) => Done::Err(format!("refresh: {e}")),
+            });
+        }
+    }
+
+    /// Report the users whose grace period ended (or whose node died) in the rooms served here.
+    fn sweep(&mut self) {
+        let sharded = u8::from(self.conn.sharded());
+        let calls: Vec<(Arc<str>, Cmd)> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.sub == Sub::Live)
+            .map(|(name, r)| {
+                let k = &r.keys;
+                let mut cmd = evalsha(&self.scripts.sweep, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
+                cmd.arg(&k.channel).arg(sharded);
+                (name.clone(), cmd)
+            })
+            .collect();
+        for (name, cmd) in calls {
+            self.call(&name, cmd, |a| match a {
+                Ok(_) => Done::Ok,
+                Err(e) => Done::Err(format!("sweep: {e}")),
+            });
+        }
+    }
+
+    /// Failed subscriptions and waiting catch-ups are tried again; rooms idle past the linger
+    /// are unsubscribed.
+    fn retry(&mut self) {
+        let now = Instant::now();
+        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for name in names {
+            let Some(r) = self.rooms.get_mut(&name) else { continue };
+            match r.sub {
+                Sub::Retry => self.start_subscribe(&name),
+                Sub::Live if r.idle_since.is_some_and(|t| now - t >= LINGER) && !r.busy && r.users.is_empty() => {
+                    r.sub = Sub::Leaving { again: false };
+                    let (ch, room) = (r.keys.channel.clone(), name.clone());
+                    self.spawn(move |mut c| async move {
+                        // A failed UNSUBSCRIBE leaves a subscription nobody reads: harmless
+                        // (its messages are dropped here), and gone with the connection.
+                        let _ = c.unsubscribe(&ch).await;
+                        Done::Unsubscribed { room }
+                    });
+                }
+                Sub::Live if r.catch_up && !r.busy => self.start_catch_up(&name),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn unavailable(e: &str) -> Reply {
+    Reply::Error { code: ErrorCode::Unavailable, message: format!("Redis unavailable ({e})") }
+}
