@@ -337,6 +337,32 @@ fn a_dead_nodes_users_leave_presence_after_the_grace_period() {
 }
 
 #[test]
+fn a_stalled_node_is_given_up_then_announces_its_members_again() {
+    let redis = RedisServer::start(false);
+    let prefix = unique_prefix();
+    let stalled = node(&redis.url(), &prefix, &["--presence-grace", "0.6"]);
+    let other = node(&redis.url(), &prefix, &["--presence-grace", "0.6"]);
+    let mut watcher = RawWs::v1(other.addr, "?user=watcher");
+    assert_eq!(watcher.call(json!({"op":"join","id":1,"room":"p","presence":true}))["op"], "joined");
+    let mut sleeper = RawWs::v1(stalled.addr, "?user=sleeper");
+    join(&mut sleeper, "p");
+    assert_eq!(watcher.recv_op("presence_join")["user"], "sleeper");
+    // Stopped past the grace period: to the others it is dead, and its users leave.
+    stalled.signal(Signal::SIGSTOP);
+    assert_eq!(watcher.recv_op("presence_leave")["user"], "sleeper");
+    stalled.signal(Signal::SIGCONT);
+    // Back: its next refresh finds it was given up, and it announces its members again.
+    assert_eq!(watcher.recv_op("presence_join")["user"], "sleeper");
+    let users = watcher.call(json!({"op":"presence","id":"q","room":"p"}))["users"].clone();
+    assert_eq!(users, json!([{"user":"sleeper","conns":1},{"user":"watcher","conns":1}]));
+    // And its member never noticed: still in the room.
+    let mut p = RawWs::v1(other.addr, "?user=pub");
+    join(&mut p, "p");
+    p.call(json!({"op":"publish","id":1,"room":"p","data":"still here?"}));
+    assert_eq!(sleeper.recv_op("msg")["data"], "still here?");
+}
+
+#[test]
 fn a_redis_cluster_carries_rooms_on_sharded_pubsub() {
     let cluster = RedisCluster::start();
     let prefix = unique_prefix();

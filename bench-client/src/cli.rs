@@ -81,6 +81,18 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// v1 failover: like `broadcast --protocol v1` over several --url (members spread over
+    /// the nodes); a member whose connection ends (a node was killed) reconnects to the next URL
+    /// with exponential backoff and jitter and resumes with `since`. Reports reconnect time
+    /// (the `resume` histogram: connection lost → rejoined), recovered members and messages,
+    /// and loss (which must be 0). Kill a node during the run yourself (scripts/bench-cluster.sh
+    /// does).
+    Failover {
+        #[command(flatten)]
+        room: RoomArgs,
+        #[command(flatten)]
+        common: Common,
+    },
     /// v1 resume under load: like `broadcast --protocol v1`, and every member that does not
     /// send drops its TCP connection every --every seconds (staggered) and comes back with
     /// `since`; reports reconnects, recovered ones, messages replayed, loss and resume time.
@@ -106,8 +118,9 @@ pub enum Protocol {
 #[derive(Debug, Args)]
 pub struct RoomArgs {
     /// URL template; {room} becomes the room number (v1 members join the room of that name).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?room={room}")]
-    url: String,
+    /// Several, comma-separated (or --url repeated): member i connects to URL i mod n.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?room={room}", value_delimiter = ',')]
+    url: Vec<String>,
     /// Members in all.
     #[arg(long, default_value_t = 100)]
     members: u32,
@@ -199,17 +212,21 @@ impl Cli {
                 ("echo", url, conns, duration, Scenario::Echo { size, load, binary }, common, p, None)
             }
             Cmd::Broadcast { room, protocol, common } => {
-                let (p, s, url, members, duration) = room.plan(protocol == Protocol::V1, 0)?;
+                let (p, s, url, members, duration) = room.plan(protocol == Protocol::V1, 0, false)?;
                 ("broadcast", url, members, duration, s, common, p, None)
+            }
+            Cmd::Failover { room, common } => {
+                let (p, s, url, members, duration) = room.plan(true, 0, true)?;
+                ("failover", url, members, duration, s, common, p, None)
             }
             Cmd::Resume { room, every, common } => {
                 let every_ms = (every.as_millis() as u64).max(1);
-                let (mut p, s, url, members, duration) = room.plan(true, every_ms)?;
+                let (mut p, s, url, members, duration) = room.plan(true, every_ms, false)?;
                 p["every_seconds"] = every.as_secs_f64().into();
                 ("resume", url, members, duration, s, common, p, None)
             }
         };
-        let target = Target::parse(&url)?;
+        let targets = url.split(',').map(|u| Target::parse(u.trim())).collect::<Result<Vec<_>, _>>()?;
         let sources = match &common.src {
             Some(s) => parse_sources(s)?,
             None => Vec::new(),
@@ -227,7 +244,7 @@ impl Cli {
         Ok(Run {
             name,
             scenario,
-            target,
+            targets,
             conns,
             procs,
             threads,
@@ -251,8 +268,10 @@ impl RoomArgs {
         self,
         v1: bool,
         resume_every_ms: u64,
+        reconnect: bool,
     ) -> Result<(serde_json::Value, Scenario, String, u32, Duration), String> {
         let RoomArgs { url, members, rooms, senders, rate, duration, size, includes_sender } = self;
+        let url = url.join(",");
         if rooms == 0 || senders == 0 || senders > members || members < 2 {
             return Err("need --members >= 2, --rooms >= 1 and 1 <= --senders <= --members".into());
         }
@@ -265,7 +284,7 @@ impl RoomArgs {
         let p = json!({ "url": url, "members": members, "rooms": rooms, "senders": senders, "rate": rate,
                         "duration_seconds": duration.as_secs_f64(), "size": size,
                         "includes_sender": includes_sender, "protocol": if v1 { "v1" } else { "raw" } });
-        let s = Scenario::Broadcast { rooms, senders, rate, size, includes_sender, v1, resume_every_ms };
+        let s = Scenario::Broadcast { rooms, senders, rate, size, includes_sender, v1, resume_every_ms, reconnect };
         Ok((p, s, url, members, duration))
     }
 }

@@ -24,7 +24,8 @@ use crate::stats::Outcome;
 pub struct Run {
     pub name: &'static str,
     pub scenario: Scenario,
-    pub target: Target,
+    /// The URLs connections are spread over (connection i → URL i mod n).
+    pub targets: Vec<Target>,
     pub conns: u32,
     pub procs: usize,
     pub threads: usize,
@@ -203,7 +204,7 @@ fn spawn(r: &Run, tx: &mpsc::Sender<Msg>) -> Result<Vec<Worker>, String> {
         };
         let job = Job {
             scenario,
-            target: r.target.clone(),
+            targets: r.targets.clone(),
             first,
             count,
             total: r.conns,
@@ -360,7 +361,9 @@ fn plot_title(r: &Run) -> String {
     if p["protocol"] == "v1" {
         t.push_str(", v1");
     }
-    format!("{t} — {}{}", r.target.host, r.target.path)
+    let t0 = &r.targets[0];
+    let more = if r.targets.len() > 1 { format!(" (+{} more)", r.targets.len() - 1) } else { String::new() };
+    format!("{t} — {}{}{more}", t0.host, t0.path)
 }
 
 /// The command line, quoted for a shell where needed.

@@ -41,6 +41,9 @@ const CLOSE_GRACE_NS: u64 = 2_000_000_000;
 const QUIET_NS: u64 = 500_000_000;
 /// Sends per loop iteration at most, so a catch-up burst does not starve reads.
 const SEND_BURST: u64 = 4096;
+/// Failover: the longest wait between reconnect attempts, and when to give a member up.
+const RECONNECT_MAX_BACKOFF_MS: u64 = 5_000;
+const RECONNECT_GIVE_UP_NS: u64 = 30_000_000_000;
 /// A response head larger than this is not a WebSocket server's answer.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
@@ -143,6 +146,12 @@ pub struct Engine {
     members: HashMap<u32, v1::Member>,
     /// v1 resume: connection indices dropped on purpose, with when (ns), to reconnect.
     resuming: HashMap<u32, u64>,
+    /// Failover: reconnect attempts so far per connection index (also which URL it is on).
+    attempts: HashMap<u32, u32>,
+    /// Failover: reconnects waiting for their backoff, (due ns, index).
+    delayed: Vec<(u64, u32)>,
+    /// Jitter's random state.
+    rng: u64,
     last_rx: u64,
     next_gen: u32,
     next_timer: u32,
@@ -199,6 +208,9 @@ impl Engine {
             trackers: HashMap::new(),
             members: HashMap::new(),
             resuming: HashMap::new(),
+            attempts: HashMap::new(),
+            delayed: Vec::new(),
+            rng: job.salt ^ (tid as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             last_rx: 0,
             next_gen: 0,
             next_timer: 0,
@@ -270,6 +282,9 @@ impl Engine {
         if let Some(t) = self.next_send_at() {
             consider(t);
         }
+        if let Some(&(due, _)) = self.delayed.iter().min_by_key(|d| d.0) {
+            consider(due);
+        }
         if !self.todo.is_empty() && self.inflight < self.max_inflight {
             consider(if self.connect_per_sec > 0.0 { self.connect_allowed_at() } else { now });
         }
@@ -298,6 +313,16 @@ impl Engine {
     }
 
     fn open_more(&mut self, now: u64) {
+        if !self.delayed.is_empty() {
+            let todo = &mut self.todo;
+            self.delayed.retain(|&(due, idx)| {
+                let wait = due > now;
+                if !wait {
+                    todo.push(idx);
+                }
+                wait
+            });
+        }
         while self.inflight < self.max_inflight {
             if self.connect_per_sec > 0.0 && self.connect_allowed_at() > now {
                 break;
@@ -308,7 +333,7 @@ impl Engine {
                 self.out.attempted += 1;
             }
             let src = (!self.job.sources.is_empty()).then(|| self.job.sources[idx as usize % self.job.sources.len()]);
-            let stream = match net::start_connect(src, self.job.target.addr) {
+            let stream = match net::start_connect(src, self.target_for(idx).addr) {
                 Ok(s) => s,
                 Err(e) => {
                     self.count_failure(Failure::from_io(&e));
@@ -403,16 +428,48 @@ impl Engine {
         c.t_mark = now;
         c.state = State::Upgrading;
         let idx = c.idx;
-        let path = self.job.target.path_for(self.job.room_of(idx));
+        let target = self.target_for(idx).clone();
+        let path = target.path_for(self.job.room_of(idx));
         let key_str = self.key_for(idx);
         self.wbuf.clear();
         let protocol = self.v1().then_some(c100k::proto::v1::SUBPROTOCOL);
-        handshake::write_client_request(&mut self.wbuf, &self.job.target.host, &path, &key_str, protocol);
+        handshake::write_client_request(&mut self.wbuf, &target.host, &path, &key_str, protocol);
         self.send_wbuf(key);
+    }
+
+    /// The URL connection `idx` uses now: its own, moved on by one per failover attempt.
+    fn target_for(&self, idx: u32) -> &net::Target {
+        let n = self.job.targets.len();
+        let shift = self.attempts.get(&idx).copied().unwrap_or(0) as usize;
+        &self.job.targets[(idx as usize + shift) % n]
+    }
+
+    fn reconnects(&self) -> bool {
+        matches!(self.job.scenario, Scenario::Broadcast { reconnect: true, .. })
+    }
+
+    /// Failover: try `idx` again on the next URL after an exponential backoff (100 ms doubling
+    /// to 5 s) with ±50% jitter, so the members of a dead node do not all arrive at once.
+    fn schedule_reconnect(&mut self, idx: u32, now: u64) {
+        self.resuming.entry(idx).or_insert(now);
+        let n = self.attempts.entry(idx).or_insert(0);
+        *n += 1;
+        let base_ms = (100u64 << (*n - 1).min(6)).min(RECONNECT_MAX_BACKOFF_MS);
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter = 0.5 + (self.rng % 1000) as f64 / 1000.0;
+        self.delayed.push((now + (base_ms as f64 * jitter * 1e6) as u64, idx));
     }
 
     fn fail(&mut self, key: usize, f: Failure) {
         let idx = self.conns[key].idx;
+        let now = now_ns();
+        if self.reconnects() && self.resuming.get(&idx).is_some_and(|&t| now - t < RECONNECT_GIVE_UP_NS) {
+            // A reconnect attempt failed (that node may be dead too): the next one, later.
+            self.remove(key);
+            return self.schedule_reconnect(idx, now);
+        }
         if self.resuming.remove(&idx).is_some() {
             // A reconnect that failed: the member is gone for the rest of the run.
             *self.out.drops.entry(format!("resume_{}", f.name())).or_default() += 1;
@@ -649,7 +706,7 @@ impl Engine {
                 self.live.received.inc();
             }
             "published" => {
-                member.own += 1;
+                member.on_published(m.seq);
                 if let Some(seq) = m.seq {
                     self.out.v1_rooms.saw(member.room, seq);
                 }
@@ -705,6 +762,11 @@ impl Engine {
             State::Connecting | State::Upgrading | State::Joining => {
                 let f = if why == "eof" { Failure::Reset } else { Failure::Protocol };
                 return self.fail(key, f);
+            }
+            State::Open if self.reconnects() && matches!(self.phase, Phase::Run | Phase::Drain { .. }) => {
+                let idx = self.conns[key].idx;
+                self.remove(key);
+                return self.schedule_reconnect(idx, now_ns());
             }
             State::Open if !matches!(self.phase, Phase::Closing { .. }) => {
                 *self.out.drops.entry(why.to_string()).or_default() += 1;

@@ -29,6 +29,9 @@ pub enum Scenario {
         /// v1 resume: every member that does not send drops its connection this often (ms,
         /// staggered) and comes back with `since`. 0: never.
         resume_every_ms: u64,
+        /// v1 failover: a member whose connection the server side ends (its node died) comes
+        /// back on the next URL after a backoff with jitter, and resumes with `since`.
+        reconnect: bool,
     },
 }
 
@@ -45,7 +48,8 @@ pub enum Load {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub scenario: Scenario,
-    pub target: Target,
+    /// Connection i opens `targets[i % n]`; a failover reconnect moves to the next one.
+    pub targets: Vec<Target>,
     /// This worker opens connections with global indices `first..first + count`.
     pub first: u32,
     pub count: u32,

@@ -64,6 +64,9 @@ pub struct Member {
     pub track: SeqTrack,
     /// Its own publishes the server acknowledged (it does not receive those).
     pub own: u64,
+    /// Their seqs: a replay after a reconnect does bring them (to the new connection), and
+    /// then they are ordinary deliveries.
+    pub own_seqs: std::collections::BTreeSet<u64>,
     /// Messages it could not get back after a reconnect (`recovered: false`).
     pub skipped: u64,
     pub joined: bool,
@@ -113,7 +116,18 @@ impl Member {
     }
 
     pub fn on_msg(&mut self, seq: u64) -> Arrival {
+        if self.own_seqs.remove(&seq) {
+            self.own -= 1;
+        }
         self.track.see(seq)
+    }
+
+    /// The server acknowledged one of its publishes.
+    pub fn on_published(&mut self, seq: Option<u64>) {
+        self.own += 1;
+        if let Some(s) = seq {
+            self.own_seqs.insert(s);
+        }
     }
 }
 
@@ -227,5 +241,20 @@ mod tests {
         let mut sums = RoomSums::default();
         sums.add_member(&m);
         assert_eq!(sums.expected(), 31 - 10 - 10, "received 11..=20 and 31");
+    }
+
+    #[test]
+    fn own_messages_replayed_to_a_new_connection_count_as_deliveries() {
+        let mut m = Member::new(0);
+        m.on_joined("e", 0, false);
+        m.on_msg(1);
+        m.on_published(Some(2));
+        // Reconnected with since 1: the replay brings 2 (its own) and 3.
+        assert_eq!(m.on_joined("e", 3, true), Joined::Recovered);
+        m.on_msg(2);
+        m.on_msg(3);
+        let mut sums = RoomSums::default();
+        sums.add_member(&m);
+        assert_eq!(sums.expected(), 3, "1, 2 and 3 were all received");
     }
 }

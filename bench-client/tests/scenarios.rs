@@ -2,6 +2,8 @@
 //! report with correct counts; loss, duplication, reordering and stalls injected by a faulty
 //! server are reported exactly; results merged over worker processes add up.
 
+#[path = "../../tests/common/redis.rs"]
+mod redis;
 mod support;
 
 use std::time::Duration;
@@ -302,4 +304,57 @@ fn resume_reconnects_with_since_and_loses_nothing() {
     assert!(u(&s["histograms"]["resume"]["count"]) > 0);
     assert_eq!(u(&s["connections"]["dropped"]), 0, "reconnects on purpose are not drops");
     assert!(files(&dir).contains(&"resume.hgrm".to_string()));
+}
+
+#[test]
+fn failover_moves_a_dead_nodes_members_to_the_others_and_loses_nothing() {
+    // Three nodes on one real Redis; the second goes away (closing its connections) mid-run.
+    let redis = redis::RedisServer::start(false);
+    let nodes: Vec<c100k::server::Server> = (0..3)
+        .map(|_| {
+            c100k(|c| {
+                c.max_publish_rate = 0;
+                c.history_size = 10_000;
+                c.redis = Some(c100k::server::RedisTarget::Single(redis.url()));
+                c.redis_prefix = format!("failover-{}", std::process::id());
+            })
+        })
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(|n| format!("ws://{}/ws", n.local_addr())).collect();
+    let urls = urls.join(",");
+    let (child, dir) = bench_spawn(&[
+        "failover",
+        "--url",
+        &urls,
+        "--members",
+        "60",
+        "--senders",
+        "6",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+    ]);
+    // Once publishing has gone on a while, node 2 stops.
+    let published = || nodes.iter().map(|n| n.metrics().publishes_total).sum::<u64>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while published() < 100 {
+        assert!(std::time::Instant::now() < deadline, "publishing never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let on_node2 = nodes[1].metrics().websockets_open;
+    assert_eq!(on_node2, 20, "members spread over the nodes: member i on node i mod 3");
+    nodes[1].shutdown();
+    let s = bench_wait(child, &dir);
+    assert_eq!(s["scenario"], "failover");
+    let r = &s["resume"];
+    assert_eq!(u(&r["reconnects"]), on_node2, "every member of the stopped node came back: {r}");
+    assert_eq!(u(&r["recovered"]), on_node2, "{r}");
+    assert!(u(&r["messages_recovered"]) > 0, "what they missed while away was replayed: {r}");
+    let m = &s["messages"];
+    assert_eq!(m["lost"].as_i64(), Some(0), "{m}");
+    assert_eq!((u(&m["duplicated"]), u(&m["out_of_order"])), (0, 0), "{m}");
+    assert_eq!(u(&s["histograms"]["resume"]["count"]), on_node2);
+    assert_eq!(u(&s["connections"]["dropped"]), 0, "nobody was lost for good");
+    assert!(s["histograms"]["resume"]["p50"].as_u64().unwrap() >= 50_000, "a backoff was waited");
 }

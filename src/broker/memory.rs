@@ -23,7 +23,7 @@ use super::{Broker, Event, Gauges, Join, Joined, LoopId, Publish, Query, Reply, 
 use crate::proto::v1::{ErrorCode, Position};
 use crate::rooms::history::History;
 use crate::rooms::members::RoomId;
-use crate::rooms::message::{PresenceEvent, RoomMessage};
+use crate::rooms::message::{ConnRef, PresenceEvent, RoomMessage};
 use crate::rooms::presence::{Leave, Presence};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -346,7 +346,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn leave(&self, lp: LoopId, room: &str, user: &Arc<str>, clean: bool) {
+    fn leave(&self, lp: LoopId, room: &str, user: &Arc<str>, _conn: ConnRef, clean: bool) {
         let inner = &self.inner;
         let Some(r) = lock(&inner.rooms).get(room).cloned() else { return };
         let mut st = lock(&r.st);

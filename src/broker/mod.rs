@@ -192,8 +192,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn unsubscribe(&self, lp: LoopId, room: &str, id: RoomId);
     /// A member joins (its loop is subscribed): answers with [`Event::Joined`].
     fn join(&self, j: Join<'_>);
-    /// A member left `room`; `clean` (a `leave`, or close 1000/1001) skips the presence grace.
-    fn leave(&self, lp: LoopId, room: &str, user: &Arc<str>, clean: bool);
+    /// Connection `conn` of `user` left `room` (perhaps before its join was answered); `clean`
+    /// (a `leave`, or close 1000/1001) skips the presence grace.
+    fn leave(&self, lp: LoopId, room: &str, user: &Arc<str>, conn: ConnRef, clean: bool);
     fn publish(&self, p: Publish<'_>);
     /// Up to `limit` messages, after `since` (oldest first) or the newest.
     fn history(&self, q: Query<'_>, since: Option<Position>, limit: usize);

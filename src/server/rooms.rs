@@ -227,6 +227,7 @@ impl Rooms {
     }
 
     fn remove_seat(&mut self, conns: &mut Slab<Conn>, key: usize, si: usize, clean: bool) {
+        let conn = self.conn_ref(key, &conns[key]);
         let Some(peer) = conns[key].peer.as_mut() else { return };
         let seat = peer.seats.swap_remove(si);
         let user = peer.identity.user.clone();
@@ -241,7 +242,7 @@ impl Rooms {
         }
         if let Some(r) = self.local.get(seat.room) {
             let name = r.name.clone();
-            self.broker.leave(self.lp, &name, &user, clean);
+            self.broker.leave(self.lp, &name, &user, conn, clean);
         }
         self.release(seat.room);
     }

@@ -46,6 +46,30 @@ pub fn bench_exit(args: &[&str], code: i32) -> (Value, tempfile::TempDir) {
     (s, dir)
 }
 
+/// Start bench-client with `args` (plus --out and --quiet) in the background.
+pub fn bench_spawn(args: &[&str]) -> (std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(args)
+        .arg("--out")
+        .arg(dir.path())
+        .arg("--quiet")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bench-client");
+    (child, dir)
+}
+
+/// Wait for a [`bench_spawn`]ed run; it must exit 0. Its summary.json.
+pub fn bench_wait(child: std::process::Child, dir: &tempfile::TempDir) -> Value {
+    let out = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(dir.path().join("summary.json")).expect("summary.json written");
+    let s: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(out.status.code(), Some(0), "bench-client: {}\n{s:#}", String::from_utf8_lossy(&out.stderr));
+    s
+}
+
 pub fn files(dir: &tempfile::TempDir) -> Vec<String> {
     let mut v: Vec<String> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

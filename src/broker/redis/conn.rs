@@ -228,6 +228,8 @@ pub struct Keys {
     pub pconns: String,
     /// Hash: user → nodes where present.
     pub pusers: String,
+    /// Sorted set: node → when it is given up for dead unless it refreshes.
+    pub pnodes: String,
     pub channel: String,
 }
 
@@ -243,6 +245,7 @@ impl Keys {
             pres: k("p"),
             pconns: k("pc"),
             pusers: k("pu"),
+            pnodes: k("pn"),
             channel: format!("{prefix}:{{{tag}}}"),
         }
     }
@@ -257,7 +260,7 @@ mod tests {
         let k = Keys::of("app", "a{b}%c");
         assert_eq!(k.meta, "app:{a%7Bb%7D%25c}:meta");
         assert_eq!(k.channel, "app:{a%7Bb%7D%25c}");
-        for key in [&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers, &k.channel] {
+        for key in [&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers, &k.pnodes, &k.channel] {
             let tag = &key[key.find('{').unwrap() + 1..key.find('}').unwrap()];
             assert_eq!(tag, "a%7Bb%7D%25c");
         }

@@ -77,7 +77,7 @@ pub(super) enum Req {
     Loops { id: RoomId, loops: Vec<u64> },
     Unsubscribe { id: RoomId },
     Join { id: RoomId, to: ConnRef, user: Arc<str>, since: Option<Position>, tag: Tag },
-    Leave { name: Arc<str>, user: Arc<str>, clean: bool },
+    Leave { name: Arc<str>, user: Arc<str>, conn: ConnRef, clean: bool },
     Publish { room: Arc<str>, from: Arc<str>, payload: Payload, origin: Option<ConnRef>, ack: Option<(ConnRef, Tag)> },
     History { to: ConnRef, tag: Tag, room: Arc<str>, since: Option<Position>, limit: usize },
     Presence { to: ConnRef, tag: Tag, room: Arc<str> },
@@ -223,8 +223,8 @@ impl Broker for RedisBroker {
         }
     }
 
-    fn leave(&self, _lp: LoopId, room: &str, user: &Arc<str>, clean: bool) {
-        self.send(Req::Leave { name: room.into(), user: user.clone(), clean });
+    fn leave(&self, _lp: LoopId, room: &str, user: &Arc<str>, conn: ConnRef, clean: bool) {
+        self.send(Req::Leave { name: room.into(), user: user.clone(), conn, clean });
     }
 
     fn publish(&self, p: Publish<'_>) {

@@ -121,6 +121,10 @@ pub(super) enum Done {
     Sent {
         room: Arc<str>,
     },
+    /// This node's presence in the room was lost: announce its members again.
+    Reannounce {
+        room: Arc<str>,
+    },
     Ok,
     Err(String),
 }
@@ -203,7 +207,7 @@ impl Task {
         mut push: mpsc::UnboundedReceiver<PushInfo>,
     ) {
         let grace = self.cfg.presence_grace;
-        let mut refresh = tokio::time::interval((grace / 3).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+        let mut refresh = tokio::time::interval(self.refresh_every());
         let mut sweep = tokio::time::interval((grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
         let mut retry = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -311,7 +315,6 @@ impl Task {
                 r.idle_since = Some(Instant::now());
                 let failed: Vec<PendingJoin> = r.joins.drain(..).collect();
                 for j in failed {
-                    r.forget_user(&j.user);
                     let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: "left before joining".into() };
                     self.sink.post(j.to.lp as usize, ev, true);
                 }
@@ -322,13 +325,11 @@ impl Task {
                     self.sink.post(to.lp as usize, ev, true);
                     return;
                 };
-                // Counted from now, so a leave that follows at once finds it.
-                *r.users.entry(user.clone()).or_default() += 1;
                 r.joins.push_back(PendingJoin { to, user, since, tag });
                 let name = self.by_id[&id].clone();
                 self.next_batch(&name);
             }
-            Req::Leave { name, user, clean } => self.leave(name, user, clean),
+            Req::Leave { name, user, conn, clean } => self.leave(name, user, conn, clean),
             Req::Publish { room, from, payload, origin, ack } => self.publish(room, from, payload, origin, ack),
             Req::History { to, tag, room, since, limit } => self.history(to, tag, room, since, limit),
             Req::Presence { to, tag, room } => self.presence(to, tag, room),
@@ -380,15 +381,30 @@ impl Task {
         });
     }
 
-    fn leave(&mut self, name: Arc<str>, user: Arc<str>, clean: bool) {
+    fn leave(&mut self, name: Arc<str>, user: Arc<str>, conn: ConnRef, clean: bool) {
         if let Some(r) = self.rooms.get_mut(&name) {
-            r.forget_user(&user);
+            if let Some(i) = r.joins.iter().position(|j| j.to == conn) {
+                // Its join never reached Redis: it is simply not carried out (the loop hears
+                // back, to release its room).
+                let j = r.joins.remove(i).expect("position found");
+                let ev = Event::JoinFailed { to: conn, room: r.id, id: j.tag, message: "left before joining".into() };
+                self.sink.post(conn.lp as usize, ev, true);
+                return;
+            }
         }
-        let k = self.keys(&name);
+        self.queue_leave(&name, &user, clean);
+    }
+
+    /// Queue `leave.lua` for `user` (uncounted from `users` now).
+    fn queue_leave(&mut self, name: &Arc<str>, user: &Arc<str>, clean: bool) {
+        if let Some(r) = self.rooms.get_mut(name) {
+            r.forget_user(user);
+        }
+        let k = self.keys(name);
         let mut cmd = evalsha(&self.scripts.leave, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
-        cmd.arg(&k.channel).arg(&*self.node).arg(&*user).arg(u8::from(clean)).arg(ms(self.cfg.presence_grace));
+        cmd.arg(&k.channel).arg(&*self.node).arg(&**user).arg(u8::from(clean)).arg(ms(self.cfg.presence_grace));
         cmd.arg(u8::from(self.conn.sharded()));
-        self.call(&name, cmd, |a| match a {
+        self.call(name, cmd, |a| match a {
             Ok(_) => Done::Ok,
             Err(e) => Done::Err(format!("leave: {e}")),
         });
@@ -407,6 +423,11 @@ impl Task {
             return;
         }
         let batch: Vec<PendingJoin> = r.joins.drain(..).collect();
+        // `users` mirrors what Redis holds once the queued calls have run (calls about a room
+        // run in order): counted when the join is queued, uncounted when the leave is.
+        for j in &batch {
+            *r.users.entry(j.user.clone()).or_default() += 1;
+        }
         // The history needed: after the earliest position any joiner resumes from, and after
         // what this node has handed its members (to give them what they have not seen yet).
         let mut after: Option<u64> = r.forwarded;
@@ -419,10 +440,7 @@ impl Task {
         }
         r.busy = true;
         let k = r.keys.clone();
-        let epoch = crate::broker::new_epoch(&mut self.rng);
-        let mut cmd = evalsha(&self.scripts.join, &[&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers]);
-        cmd.arg(&k.channel).arg(&epoch).arg(ms(self.cfg.history_ttl)).arg(ms(self.cfg.presence_grace));
-        cmd.arg(after.map_or(-1, |a| a as i64)).arg(&*self.node).arg(u8::from(self.conn.sharded()));
+        let mut cmd = self.join_cmd(&k, after);
         for j in &batch {
             cmd.arg(&*j.user);
         }
@@ -431,6 +449,27 @@ impl Task {
             let result = a.and_then(|v| parse::parse_join(v, &room));
             Done::Joined { room, batch, result }
         });
+    }
+
+    /// `join.lua` for this node (add the users with `.arg`).
+    fn join_cmd(&mut self, k: &Keys, after: Option<u64>) -> Cmd {
+        let epoch = crate::broker::new_epoch(&mut self.rng);
+        let mut cmd = evalsha(&self.scripts.join, &[&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
+        cmd.arg(&k.channel).arg(&epoch).arg(ms(self.cfg.history_ttl)).arg(after.map_or(-1, |a| a as i64));
+        cmd.arg(&*self.node).arg(u8::from(self.conn.sharded())).arg(ms(self.node_ttl()));
+        cmd
+    }
+
+    /// How often this node says it is alive in each room's presence.
+    fn refresh_every(&self) -> Duration {
+        (self.cfg.presence_grace / 3).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// A node that has not refreshed for this long is dead: its users leave presence (a node
+    /// that dies right after refreshing leaves ghosts for at most this long: the grace period,
+    /// or three refreshes when the grace is shorter).
+    fn node_ttl(&self) -> Duration {
+        self.cfg.presence_grace.max(self.refresh_every() * 3)
     }
 
     fn start_catch_up(&mut self, name: &Arc<str>) {
@@ -467,6 +506,10 @@ impl Task {
                 self.send_batch(&room);
             }
             Done::Subscribed { room, ok } => self.subscribed(room, ok),
+            Done::Reannounce { room } => {
+                self.succeeded();
+                self.reannounce(room);
+            }
             Done::Unsubscribed { room } => {
                 let Some(r) = self.rooms.get_mut(&room) else { return };
                 if r.sub == (Sub::Leaving { again: true }) {
@@ -501,7 +544,6 @@ impl Task {
                 let id = r.id;
                 let failed: Vec<PendingJoin> = r.joins.drain(..).collect();
                 for j in failed {
-                    r.forget_user(&j.user);
                     let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: format!("Redis: {e}") };
                     self.sink.post(j.to.lp as usize, ev, true);
                 }
@@ -516,12 +558,17 @@ impl Task {
         let (epoch, top, entries) = match result {
             Ok(x) => x,
             Err(e) => {
+                // Perhaps it ran and only its answer was lost: a clean leave per joiner undoes
+                // it either way (a leave of an entry that is not there changes nothing).
+                let users: Vec<Arc<str>> = batch.iter().map(|j| j.user.clone()).collect();
                 for j in batch {
-                    r.forget_user(&j.user);
                     let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: format!("Redis: {e}") };
                     self.sink.post(j.to.lp as usize, ev, true);
                 }
                 self.failed(&e);
+                for u in users {
+                    self.queue_leave(&room, &u, true);
+                }
                 self.next_batch(&room);
                 return;
             }
@@ -806,29 +853,51 @@ impl Task {
 
     // ---- timers ----
 
-    /// Keep this node's users present, and every room with members alive.
+    /// Tell every room with members here that this node is alive (one entry per room, however
+    /// many members), and keep the rooms' data alive.
     fn refresh(&mut self) {
-        let (ttl, grace) = (ms(self.cfg.history_ttl), ms(self.cfg.presence_grace));
+        let (ttl, node_ttl) = (ms(self.cfg.history_ttl), ms(self.node_ttl()));
         let calls: Vec<(Arc<str>, Cmd)> = self
             .rooms
             .iter()
             .filter(|(_, r)| !r.users.is_empty())
             .map(|(name, r)| {
                 let k = &r.keys;
-                let mut cmd = evalsha(&self.scripts.refresh, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
-                cmd.arg(ttl).arg(grace).arg(&*self.node);
-                for u in r.users.keys() {
-                    cmd.arg(&**u);
-                }
+                let mut cmd = evalsha(&self.scripts.refresh, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
+                cmd.arg(ttl).arg(&*self.node).arg(node_ttl);
                 (name.clone(), cmd)
             })
             .collect();
         for (name, cmd) in calls {
-            self.call(&name, cmd, |a| match a {
-                Ok(_) => Done::Ok,
+            let room = name.clone();
+            self.call(&name, cmd, move |a| match a {
+                Ok(Value::Int(1)) => Done::Ok,
+                // Given up for dead (a long stall), or the room's data lost: announce again.
+                Ok(_) => Done::Reannounce { room },
                 Err(e) => Done::Err(format!("refresh: {e}")),
             });
         }
+    }
+
+    /// Add this node's members of `room` to its presence again.
+    fn reannounce(&mut self, room: Arc<str>) {
+        let Some(r) = self.rooms.get(&room) else { return };
+        if r.users.is_empty() {
+            return;
+        }
+        log::info!("Redis: announcing this node's members of {room:?} again");
+        let users: Vec<(Arc<str>, u32)> = r.users.iter().map(|(u, n)| (u.clone(), *n)).collect();
+        let k = r.keys.clone();
+        let mut cmd = self.join_cmd(&k, None);
+        for (u, n) in &users {
+            for _ in 0..*n {
+                cmd.arg(&**u);
+            }
+        }
+        self.call(&room, cmd, |a| match a {
+            Ok(_) => Done::Ok,
+            Err(e) => Done::Err(format!("announce: {e}")),
+        });
     }
 
     /// Report the users whose grace period ended (or whose node died) in the rooms served here.
@@ -840,7 +909,7 @@ impl Task {
             .filter(|(_, r)| r.sub == Sub::Live)
             .map(|(name, r)| {
                 let k = &r.keys;
-                let mut cmd = evalsha(&self.scripts.sweep, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
+                let mut cmd = evalsha(&self.scripts.sweep, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
                 cmd.arg(&k.channel).arg(sharded);
                 (name.clone(), cmd)
             })

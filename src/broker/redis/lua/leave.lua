@@ -1,6 +1,6 @@
 -- A member of this node left. Clean: the user is gone at once when it was their last
 -- connection anywhere. Unclean: their entry stays until the grace period ends (sweep.lua).
--- KEYS: meta, presence zset, presence conns, presence users
+-- KEYS: meta, presence entries, presence conns, presence users
 -- ARGV: channel, node, user, clean (0|1), grace (ms), sharded
 local meta, pres, pconns, pusers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user = ARGV[3]
@@ -12,8 +12,12 @@ if redis.call('HINCRBY', pconns, e, -1) > 0 then
   return 0
 end
 redis.call('HDEL', pconns, e)
+if not redis.call('ZSCORE', pres, e) then
+  return 0
+end
 if ARGV[4] == '1' then
-  if redis.call('ZREM', pres, e) == 1 and redis.call('HINCRBY', pusers, user, -1) <= 0 then
+  redis.call('ZREM', pres, e)
+  if redis.call('HINCRBY', pusers, user, -1) <= 0 then
     redis.call('HDEL', pusers, user)
     local pub = ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH'
     redis.call(pub, ARGV[1], 'P\n-\n' .. user)

@@ -1,12 +1,11 @@
 -- The users present in a room (those in their grace period too), with their connections.
--- KEYS: presence zset, presence conns
+-- KEYS: presence entries, presence conns
 -- Returns {user, conns, user, conns, ...}.
 local pres, pconns = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', pres, now, '+inf')
 local counts, order = {}, {}
-for _, e in ipairs(live) do
+local function add(e)
   local user = string.match(e, '^(.*)\31[^\31]*$')
   if user then
     if not counts[user] then
@@ -15,6 +14,13 @@ for _, e in ipairs(live) do
     end
     counts[user] = counts[user] + (tonumber(redis.call('HGET', pconns, e)) or 0)
   end
+end
+-- Held by a live node (score 0), or in a grace period that has not ended.
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', pres, 0, 0)) do
+  add(e)
+end
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', pres, '(' .. now, '+inf')) do
+  add(e)
 end
 local out = {}
 for _, u in ipairs(order) do

@@ -1,17 +1,21 @@
--- This node is alive and has members in the room: extend its users' presence entries and keep
--- the room's numbering alive while anyone is in it.
--- KEYS: meta, presence zset, presence conns, presence users
--- ARGV: ttl (ms), grace (ms), node, user...
-local meta, pres = KEYS[1], KEYS[2]
+-- This node is alive and has members in the room: one entry per node, not per member (a room
+-- of 100,000 members on a node costs the same), and the room's data kept alive.
+-- KEYS: meta, presence entries, presence conns, presence users, presence nodes
+-- ARGV: ttl (ms), node, node ttl (ms)
+-- Returns 1; 0 when this node had been given up for dead (its users were swept: it announces
+-- them again); -1 when the room's data is gone.
+local meta, pnodes = KEYS[1], KEYS[5]
 if redis.call('EXISTS', meta) == 0 then
-  return 0
+  return -1
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 4, #ARGV do
-  redis.call('ZADD', pres, 'XX', now + tonumber(ARGV[2]), ARGV[i] .. '\31' .. ARGV[3])
-end
+local known = redis.call('ZSCORE', pnodes, ARGV[2])
+redis.call('ZADD', pnodes, now + tonumber(ARGV[3]), ARGV[2])
 for _, k in ipairs(KEYS) do
   redis.call('PEXPIRE', k, ARGV[1])
 end
-return 1
+if known then
+  return 1
+end
+return 0

@@ -1,14 +1,13 @@
 -- Report gone the users whose grace period is over, and the users of nodes that died without
--- cleaning up (their entries stopped being refreshed). Any node serving the room may run it;
--- being atomic, each entry is reported once.
--- KEYS: meta, presence zset, presence conns, presence users
+-- cleaning up (they stopped refreshing). Any node serving the room may run it; being atomic,
+-- each entry is reported once. Cheap when nothing is due: two range reads.
+-- KEYS: meta, presence entries, presence conns, presence users, presence nodes
 -- ARGV: channel, sharded
-local meta, pres, pconns, pusers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, pres, pconns, pusers, pnodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', pres, '-inf', now)
 local pub = ARGV[2] == '1' and 'SPUBLISH' or 'PUBLISH'
-for _, e in ipairs(gone) do
+local function gone(e)
   redis.call('ZREM', pres, e)
   local c = tonumber(redis.call('HGET', pconns, e)) or 0
   redis.call('HDEL', pconns, e)
@@ -21,4 +20,26 @@ for _, e in ipairs(gone) do
     redis.call(pub, ARGV[1], 'P\n-\n' .. user)
   end
 end
-return #gone
+-- Grace periods over (score 0 is "held by a live node").
+local n = 0
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', pres, '(0', now)) do
+  gone(e)
+  n = n + 1
+end
+-- Nodes that stopped refreshing: their users go (once; this scan is rare).
+local dead = redis.call('ZRANGEBYSCORE', pnodes, '-inf', now)
+if #dead > 0 then
+  local is_dead = {}
+  for _, node in ipairs(dead) do
+    is_dead[node] = true
+  end
+  redis.call('ZREM', pnodes, unpack(dead))
+  for _, e in ipairs(redis.call('ZRANGEBYSCORE', pres, 0, 0)) do
+    local node = string.match(e, '\31([^\31]*)$')
+    if node and is_dead[node] then
+      gone(e)
+      n = n + 1
+    end
+  end
+end
+return n
