@@ -3,6 +3,7 @@
 //! server are reported exactly; results merged over worker processes add up.
 
 #[path = "../../tests/common/redis.rs"]
+#[allow(dead_code)]
 mod redis;
 mod support;
 
