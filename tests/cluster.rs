@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{command_list, RedisCluster, RedisServer};
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -396,35 +396,10 @@ fn a_redis_cluster_carries_rooms_on_sharded_pubsub() {
         // Its channel is a shard channel on the master that owns its slot, not a global one.
         let owner = cluster.nodes.iter().find(|n| n.port == *port).unwrap();
         let channel = format!("{prefix}:{{{room}}}");
-        let shard = redis_list(owner, &["PUBSUB", "SHARDCHANNELS", &channel]);
+        let shard = command_list(owner.addr(), &["PUBSUB", "SHARDCHANNELS", &channel]);
         assert_eq!(shard, vec![channel.clone()], "sharded pub/sub on the slot's master");
-        assert!(redis_list(owner, &["PUBSUB", "CHANNELS", &channel]).is_empty(), "not classic pub/sub");
+        assert!(command_list(owner.addr(), &["PUBSUB", "CHANNELS", &channel]).is_empty(), "not classic pub/sub");
         let h = b.call(json!({"op":"history","id":"h","room":room,"limit":5}));
         assert_eq!(h["messages"].as_array().unwrap().len(), 5);
     }
-}
-
-/// An array answer (of bulk strings) from `node`.
-fn redis_list(node: &RedisServer, args: &[&str]) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::net::TcpStream::connect(node.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let n: usize = line.trim_end().strip_prefix('*').unwrap_or_else(|| panic!("{line}")).parse().unwrap();
-    (0..n)
-        .map(|_| {
-            let mut len = String::new();
-            r.read_line(&mut len).unwrap();
-            let mut v = String::new();
-            r.read_line(&mut v).unwrap();
-            v.trim_end().to_string()
-        })
-        .collect()
 }

@@ -112,9 +112,8 @@ impl RedisServer {
     }
 }
 
-/// One command to the Redis at `addr` in RESP; the answer's first line (or a bulk string's
-/// contents).
-pub fn command(addr: SocketAddr, args: &[&str]) -> Option<String> {
+/// Send one command to the Redis at `addr` (RESP); the connection to read the answer from.
+fn send(addr: SocketAddr, args: &[&str]) -> Option<BufReader<TcpStream>> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut req = format!("*{}\r\n", args.len());
@@ -122,7 +121,11 @@ pub fn command(addr: SocketAddr, args: &[&str]) -> Option<String> {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
     s.write_all(req.as_bytes()).ok()?;
-    let mut r = BufReader::new(s);
+    Some(BufReader::new(s))
+}
+
+/// One line of an answer, or a bulk string's contents.
+fn read_one(r: &mut BufReader<TcpStream>) -> Option<String> {
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
     let line = line.trim_end().to_string();
@@ -133,6 +136,20 @@ pub fn command(addr: SocketAddr, args: &[&str]) -> Option<String> {
         return Some(String::from_utf8_lossy(&body).into_owned());
     }
     (!line.is_empty()).then_some(line)
+}
+
+/// One command to the Redis at `addr`; the answer's first line (or a bulk string's contents),
+/// or `None` if unreachable.
+pub fn command(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    read_one(&mut send(addr, args)?)
+}
+
+/// One command whose answer is an array of strings.
+pub fn command_list(addr: SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut r = send(addr, args).expect("Redis reachable");
+    let head = read_one(&mut r).expect("an answer");
+    let n: usize = head.strip_prefix('*').unwrap_or_else(|| panic!("not an array: {head}")).parse().unwrap();
+    (0..n).map(|_| read_one(&mut r).expect("an element")).collect()
 }
 
 impl Drop for RedisServer {
