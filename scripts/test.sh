@@ -8,8 +8,11 @@
 #      Redis Cluster the tests start themselves;
 #   2. the room suites again with rooms in Redis (C100K_TEST_BROKER=redis): the Redis broker
 #      keeps the in-memory broker's semantics;
-#   3. the Autobahn TestSuite fuzzingclient cases 1.* to 10.* against a release build;
-#   4. the kernel-profile script's own tests against a fake /proc/sys tree (it must pass on any
+#   3. the client library's unit tests (node --test client/test/), then the demo page in
+#      Debian's headless Chromium and the client in Node against real servers
+#      (tests/browser/run.mjs, puppeteer-core from npm; screenshots in target/browser/);
+#   4. the Autobahn TestSuite fuzzingclient cases 1.* to 10.* against a release build;
+#   5. the kernel-profile script's own tests against a fake /proc/sys tree (it must pass on any
 #      machine, so it never compares this machine's kernel).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,8 +22,15 @@ export C100K_PYTHON
 for tool in redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (Debian: apt-get install redis-server)" >&2; exit 1; }
 done
+for tool in node npm chromium; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (Debian: apt-get install nodejs npm chromium)" >&2; exit 1; }
+done
 cargo test --workspace
 C100K_TEST_BROKER=redis cargo test --test v1 --test presence --test api --test rooms --test python_client \
-  --test auth --test backpressure --test attacks
+  --test auth --test backpressure --test attacks --test sse_poll
+node --test client/test/
+[ -d tests/browser/node_modules/puppeteer-core ] || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --quiet
+C100K_BIN=target/debug/c100k SHOTS=target/browser node --experimental-websocket --no-warnings tests/browser/run.mjs
 ./scripts/autobahn.sh
 ./scripts/test-apply-sysctl.sh

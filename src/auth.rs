@@ -27,26 +27,39 @@ struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: Arc<str>,
-    /// Room patterns from the token; `None` allows every room.
-    pub rooms: Option<Arc<[Box<str>]>>,
+    /// What the token restricts; `None`: every room, and publishing (24 bytes in all: every room
+    /// member carries an identity).
+    pub scope: Option<Arc<Scope>>,
+}
+
+/// A token's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Room patterns (`name`, or `prefix*`); `None` allows every room.
+    pub rooms: Option<Box<[Box<str>]>>,
     pub may_publish: bool,
 }
 
 impl Identity {
     /// An identity with every permission.
     pub fn open(user: &str) -> Identity {
-        Identity { user: user.into(), rooms: None, may_publish: true }
+        Identity { user: user.into(), scope: None }
     }
 
     /// Whether the token's `rooms` claim allows `room`.
     pub fn may_join(&self, room: &str) -> bool {
-        match &self.rooms {
+        match self.scope.as_ref().and_then(|s| s.rooms.as_ref()) {
             None => true,
             Some(pats) => pats.iter().any(|p| match p.strip_suffix('*') {
                 Some(prefix) => room.starts_with(prefix),
                 None => **p == *room,
             }),
         }
+    }
+
+    /// Whether the token allows publishing (`publish: false` makes it read-only).
+    pub fn may_publish(&self) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.may_publish)
     }
 }
 
@@ -121,11 +134,12 @@ impl Auth {
             .map_err(|e| Refusal::Unauthorized(format!("invalid token: {e}")))?;
         let c = data.claims;
         check_user(&c.sub).map_err(|m| Refusal::Unauthorized(format!("invalid token: sub {m}")))?;
-        Ok(Identity {
-            user: c.sub.into(),
+        let scope = Scope {
             rooms: c.rooms.map(|r| r.into_iter().map(String::into_boxed_str).collect()),
             may_publish: c.publish.unwrap_or(true),
-        })
+        };
+        let open = scope.rooms.is_none() && scope.may_publish;
+        Ok(Identity { user: c.sub.into(), scope: (!open).then(|| Arc::new(scope)) })
     }
 
     /// Browsers send `Origin`; one not on the allow-list is refused. Requests without `Origin`
@@ -185,12 +199,12 @@ mod tests {
         let ok = token(json!({"sub":"ann","exp":now() + 60,"rooms":["lobby","team-*"],"publish":false}), SECRET);
         let id = auth.identify(Some(&ok), Some("ignored"), fallback).unwrap();
         assert_eq!(&*id.user, "ann");
-        assert!(!id.may_publish);
+        assert!(!id.may_publish());
         assert!(id.may_join("lobby") && id.may_join("team-red") && id.may_join("team-"));
         assert!(!id.may_join("lobby2") && !id.may_join("other"));
         let no_exp = token(json!({"sub":"bob"}), SECRET);
         let id = auth.identify(Some(&no_exp), None, fallback).unwrap();
-        assert!(id.may_publish && id.may_join("anything"));
+        assert!(id.may_publish() && id.may_join("anything"));
 
         for (what, t) in [
             ("expired", token(json!({"sub":"ann","exp":now() - 10}), SECRET)),

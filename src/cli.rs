@@ -160,6 +160,22 @@ pub struct Args {
     /// largest queues) are closed with 1008. Default: 1 GiB, or a quarter of RAM if less.
     #[arg(long, env = "C100K_MAX_OUTBOUND_MEMORY")]
     pub max_outbound_memory: Option<usize>,
+
+    /// A long poll (`/poll`) with nothing new is answered with an empty list after this long.
+    #[arg(long, env = "C100K_POLL_TIMEOUT", default_value = "25", value_parser = parse_secs)]
+    pub poll_timeout: Duration,
+
+    /// Seconds between the `: ping` comments of an SSE stream (proxies close quiet streams).
+    #[arg(long, env = "C100K_SSE_PING_INTERVAL", default_value = "15", value_parser = parse_secs)]
+    pub sse_ping_interval: Duration,
+
+    /// Client transports to offer: any of ws, sse, poll (e.g. `sse,poll` to test fallbacks).
+    #[arg(long, env = "C100K_TRANSPORTS", default_value = "ws,sse,poll", value_parser = crate::server::routes::Transports::parse)]
+    pub transports: crate::server::routes::Transports,
+
+    /// Do not serve the demo chat page at `/`.
+    #[arg(long, env = "C100K_NO_DEMO")]
+    pub no_demo: bool,
 }
 
 /// See [`Args::reuseport_steer`].
@@ -256,6 +272,10 @@ impl Args {
             metrics_listen: self.metrics_listen,
             redis: self.redis_target(),
             redis_prefix: self.redis_prefix.clone(),
+            poll_timeout: self.poll_timeout,
+            sse_ping_interval: self.sse_ping_interval,
+            transports: self.transports,
+            demo: !self.no_demo,
         };
         cfg.tick = cfg.auto_tick();
         cfg

@@ -403,3 +403,40 @@ fn a_redis_cluster_carries_rooms_on_sharded_pubsub() {
         assert_eq!(h["messages"].as_array().unwrap().len(), 5);
     }
 }
+
+#[test]
+fn sse_and_long_polls_move_between_nodes_without_sticky_sessions() {
+    let redis = RedisServer::start(false);
+    let prefix = unique_prefix();
+    let (a, b) = (node(&redis.url(), &prefix, &[]), node(&redis.url(), &prefix, &[]));
+    let post = |addr, n: u64| {
+        let body = json!({ "data": { "n": n } }).to_string();
+        let r = HttpConn::new(addr).request("POST", "/rooms/wire/messages?user=poster", "", body.as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["seq"].as_u64().unwrap()
+    };
+    // A stream on node A sees what is posted to node B.
+    let mut s = SseClient::open(a.addr, "/sse?room=wire", "");
+    let epoch = s.expect("joined").json()["epoch"].as_str().unwrap().to_string();
+    assert_eq!(post(b.addr, 1), 1);
+    let ev = s.expect("msg");
+    assert_eq!(ev.id.as_deref(), Some(format!("wire:{epoch}:1").as_str()));
+    drop(s);
+    post(a.addr, 2);
+    post(b.addr, 3);
+    // It reconnects to node B with its last id and gets exactly what it missed.
+    let mut s = SseClient::open(b.addr, "/sse?room=wire", &format!("Last-Event-ID: {}\r\n", ev.id.unwrap()));
+    assert_eq!(s.expect("joined").json()["recovered"], true);
+    let seqs: Vec<u64> = (0..2).map(|_| s.expect("msg").json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3]);
+    // Long polls alternate between the nodes, each from the last one's `next`.
+    let mut next = format!("{epoch}:3");
+    for (i, n) in [&a, &b, &a].into_iter().enumerate() {
+        let seq = post(if i % 2 == 0 { b.addr } else { a.addr }, 4 + i as u64);
+        let v = HttpConn::new(n.addr).request("GET", &format!("/poll?room=wire&since={next}"), "", b"").json();
+        let got: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(got, [seq], "poll {i} on node {}", if i % 2 == 0 { "A" } else { "B" });
+        next = v["next"].as_str().unwrap().to_string();
+    }
+    assert_eq!(next, format!("{epoch}:6"));
+}

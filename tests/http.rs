@@ -57,7 +57,7 @@ fn rejections_are_complete_responses() {
         ("unknown path", upgrade("/nope", ""), 404),
         ("plain GET on /echo", b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 426),
         ("plain GET on /ws", b"GET /ws?room=a HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 426),
-        ("plain GET on /", b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 426),
+        // (A plain GET on / is the demo page; with --no-demo, 426: tests/sse_poll.rs.)
         ("missing room", upgrade("/ws", ""), 400),
         ("empty room", upgrade("/?room=", ""), 400),
         ("POST", String::from_utf8(upgrade("/echo", "")).unwrap().replacen("GET", "POST", 1).into_bytes(), 405),
@@ -72,6 +72,7 @@ fn rejections_are_complete_responses() {
         ("malformed key", String::from_utf8(upgrade("/echo", "")).unwrap().replace(KEY, "not-a-key").into_bytes(), 400),
         ("malformed HTTP", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n".to_vec(), 400),
     ];
+    let n = cases.len() as u64;
     for (what, req, want) in cases {
         let (status, head, _) = http(a, &req);
         assert_eq!(status, want, "{what}: {head}");
@@ -79,7 +80,7 @@ fn rejections_are_complete_responses() {
         assert!(head.contains("Connection: close"), "{what}");
     }
     let before = srv.metrics().handshake_failures_total;
-    assert!(before >= 10, "rejections are counted as handshake failures ({before})");
+    assert!(before >= n, "each rejection is counted as a handshake failure ({before} of {n})");
 }
 
 #[test]

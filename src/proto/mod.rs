@@ -5,5 +5,6 @@
 
 pub mod base64;
 pub mod http;
+pub mod sse;
 pub mod v1;
 pub mod ws;

@@ -220,6 +220,25 @@ pub fn write_history<'m>(
     out.push(b'}');
 }
 
+/// A long poll's answer: `{"messages":[…],"next":"EPOCH:SEQ"}`, with `"recovered":false` when
+/// the position asked for is gone.
+pub fn write_poll<'m>(
+    out: &mut Vec<u8>,
+    messages: impl IntoIterator<Item = &'m [u8]>,
+    epoch: &str,
+    seq: u64,
+    recovered: bool,
+) {
+    out.extend_from_slice(b"{\"messages\":");
+    write_json_list(out, messages);
+    out.extend_from_slice(b",\"next\":");
+    write_str(out, &format!("{epoch}:{seq}"));
+    if !recovered {
+        out.extend_from_slice(b",\"recovered\":false");
+    }
+    out.push(b'}');
+}
+
 /// `[a,b,…]` from JSON texts.
 pub fn write_json_list<'m>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'m [u8]>) {
     out.push(b'[');

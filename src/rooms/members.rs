@@ -31,6 +31,9 @@ pub struct LocalRoom {
     pub members: Vec<Member>,
     /// Joins sent to the broker whose result has not arrived yet.
     pub pending: u32,
+    /// Where the room's members are: the epoch and seq of the last message delivered here (or
+    /// of the last join's answer). Written into the ids of event streams of several rooms.
+    pub last: Option<(Arc<str>, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +51,8 @@ impl LocalRooms {
 
     /// Add a room this loop just subscribed to.
     pub fn insert(&mut self, id: RoomId, name: Arc<str>) -> u32 {
-        let idx = self.rooms.insert(LocalRoom { id, name: name.clone(), members: Vec::new(), pending: 0 }) as u32;
+        let idx =
+            self.rooms.insert(LocalRoom { id, name: name.clone(), members: Vec::new(), pending: 0, last: None }) as u32;
         self.by_name.insert(name, idx);
         self.by_id.insert(id, idx);
         idx

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use crate::proto::sse;
 use crate::proto::v1::{self, MsgFields};
 use crate::proto::ws::frame::{self, Data, OpCode};
 
@@ -31,7 +32,7 @@ impl Payload {
     }
 }
 
-/// The wire forms a message is sent in.
+/// The wire forms a message is sent in (and so the kinds of member).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Wire {
@@ -39,9 +40,17 @@ pub enum Wire {
     Raw = 0,
     /// `c100k.v1`: the `msg` envelope as a text frame.
     V1 = 1,
+    /// An SSE `msg` event without an id (a stream of several rooms writes its own id first).
+    Sse = 2,
+    /// An SSE `msg` event with the id of a one-room stream, `ROOM:EPOCH:SEQ`.
+    SseOne = 3,
+    /// A parked long poll: answered with the v1 JSON in an HTTP response (no encoding of its own).
+    Poll = 4,
 }
 
-const WIRES: usize = 2;
+/// The WebSocket encodings kept inline (raw and v1); the SSE forms live behind one pointer,
+/// allocated only for rooms with event-stream readers (a message stays in its allocator size class).
+const ENCODINGS: usize = 2;
 
 /// A connection on some loop of this process: who published (left out of the fan-out), or
 /// where an answer goes.
@@ -64,7 +73,9 @@ pub struct RoomMessage {
     pub payload: Payload,
     /// The publishing connection (none for the server API).
     pub origin: Option<ConnRef>,
-    enc: [OnceLock<Bytes>; WIRES],
+    enc: [OnceLock<Bytes>; ENCODINGS],
+    /// The SSE event with its one-room id, and the same bytes without the id line (a slice).
+    sse: OnceLock<Box<[Bytes; 2]>>,
 }
 
 impl RoomMessage {
@@ -77,21 +88,39 @@ impl RoomMessage {
         payload: Payload,
         origin: Option<ConnRef>,
     ) -> RoomMessage {
-        RoomMessage { room, epoch, seq, from, ts, payload, origin, enc: Default::default() }
+        RoomMessage { room, epoch, seq, from, ts, payload, origin, enc: Default::default(), sse: OnceLock::new() }
     }
 
     /// The whole frame for `wire`, built on first use and shared afterwards.
     pub fn frame(&self, wire: Wire) -> &Bytes {
+        let wire = match wire {
+            Wire::Poll => Wire::V1,
+            Wire::SseOne => return &self.sse_forms()[0],
+            Wire::Sse => return &self.sse_forms()[1],
+            w => w,
+        };
         self.enc[wire as usize].get_or_init(|| {
             // Allocated to size: a shared frame keeps its whole allocation alive.
             let (opcode, body): (_, std::borrow::Cow<'_, [u8]>) = match (wire, &self.payload) {
                 (Wire::Raw, Payload::Json(s)) => (Data::Text, s.as_bytes().into()),
                 (Wire::Raw, Payload::Binary(b)) => (Data::Binary, (&**b).into()),
-                (Wire::V1, _) => (Data::Text, self.v1_json_uncached().into()),
+                _ => (Data::Text, self.v1_json_uncached().into()),
             };
             let mut v = Vec::with_capacity(body.len() + frame::MAX_HEADER_LEN);
             frame::write_frame(&mut v, OpCode::Data(opcode), &body);
             Bytes::from(v)
+        })
+    }
+
+    fn sse_forms(&self) -> &[Bytes; 2] {
+        self.sse.get_or_init(|| {
+            let json = self.v1_json();
+            let id = sse::format_id([(&*self.room, &*self.epoch, self.seq)]);
+            let mut v = Vec::with_capacity(json.len() + 32 + id.len() + 5);
+            sse::write_event(&mut v, Some(&id), "msg", json);
+            let with_id = Bytes::from(v);
+            let bare = with_id.slice(id.len() + 5..); // after "id: {id}\n"
+            Box::new([with_id, bare])
         })
     }
 
@@ -125,17 +154,18 @@ impl RoomMessage {
         out
     }
 
-    /// Bytes this message holds once its wire forms are built (the payload, the raw frame and
-    /// the v1 frame with its envelope), for accounting. A function of the lengths only, so the
-    /// same before and after encoding: what is added to a gauge is what is taken off it.
+    /// Bytes this message holds once its wire forms are built (the payload, the raw frame, the
+    /// v1 frame and an SSE event, with their envelopes), for accounting: an upper bound when not
+    /// every form is used. A function of the lengths only, so the same before and after
+    /// encoding: what is added to a gauge is what is taken off it.
     pub fn size(&self) -> usize {
         const ENVELOPE: usize = 96; // frame headers, field names, seq and ts digits
         std::mem::size_of::<Self>()
-            + 3 * self.payload.len()
-            + 2 * self.from.len()
-            + self.room.len()
-            + self.epoch.len()
-            + ENVELOPE
+            + 4 * self.payload.len()
+            + 3 * self.from.len()
+            + 2 * self.room.len()
+            + 2 * self.epoch.len()
+            + 2 * ENVELOPE
     }
 }
 
@@ -146,11 +176,23 @@ pub struct PresenceEvent {
     pub user: Arc<str>,
     pub joined: bool,
     frame: OnceLock<Bytes>,
+    sse: OnceLock<Bytes>,
 }
 
 impl PresenceEvent {
     pub fn new(room: Arc<str>, user: Arc<str>, joined: bool) -> PresenceEvent {
-        PresenceEvent { room, user, joined, frame: OnceLock::new() }
+        PresenceEvent { room, user, joined, frame: OnceLock::new(), sse: OnceLock::new() }
+    }
+
+    /// The same as an SSE event (`event: presence_join` / `presence_leave`).
+    pub fn sse(&self) -> &Bytes {
+        self.sse.get_or_init(|| {
+            let json = frame::payload_of(self.frame());
+            let mut v = Vec::with_capacity(json.len() + 40);
+            let event = if self.joined { "presence_join" } else { "presence_leave" };
+            sse::write_event(&mut v, None, event, json);
+            Bytes::from(v)
+        })
     }
 
     /// `{"op":"presence_join"|"presence_leave",…}` as a text frame.
@@ -198,5 +240,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(m.v1_json()).unwrap();
         assert_eq!(v["data"], "AAEC+g==");
         assert_eq!(v["binary"], true);
+    }
+
+    #[test]
+    fn sse_events_carry_the_v1_json_and_a_one_room_id() {
+        let m = msg(Payload::Json("{\"a\":\n1}".into()));
+        let one = std::str::from_utf8(m.frame(Wire::SseOne)).unwrap().to_string();
+        assert!(one.starts_with("id: room:ep:7\nevent: msg\ndata: {\"op\":\"msg\""), "{one}");
+        assert!(one.ends_with("\"data\":{\"a\":\ndata: 1}}\n\n"), "newlines in data split into lines: {one}");
+        let bare = std::str::from_utf8(m.frame(Wire::Sse)).unwrap();
+        assert!(bare.starts_with("event: msg\n") && !bare.contains("id:"));
+        assert_eq!(m.frame(Wire::Poll), m.frame(Wire::V1), "a poll answer uses the v1 JSON");
+        let p = PresenceEvent::new("r".into(), "ann".into(), true);
+        assert_eq!(
+            &p.sse()[..],
+            b"event: presence_join\ndata: {\"op\":\"presence_join\",\"room\":\"r\",\"user\":\"ann\"}\n\n"
+        );
     }
 }

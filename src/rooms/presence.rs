@@ -6,14 +6,16 @@
 //! Pure bookkeeping: the caller supplies the time and turns the results into events.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// 8 bytes, so a user costs a 24-byte map slot (a room of a million users is one of these each).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     conns: u32,
-    /// Set while the user has no connection: reported gone at this instant.
-    gone_at: Option<Instant>,
+    /// Set while the user has no connection: reported gone this many milliseconds after `base`.
+    gone_at: Option<NonZeroU32>,
 }
 
 #[derive(Debug, Default)]
@@ -21,6 +23,8 @@ pub struct Presence {
     users: HashMap<Arc<str>, Entry>,
     /// Connections of all users (the room's members).
     conns: u64,
+    /// What grace deadlines count from (the first one's start).
+    base: Option<Instant>,
 }
 
 /// What a leave means for the room.
@@ -71,15 +75,24 @@ impl Presence {
             self.users.remove(user);
             return Leave::Gone;
         }
-        let at = now + grace;
-        e.gone_at = Some(at);
-        Leave::Grace(at)
+        let base = *self.base.get_or_insert(now);
+        let ms = (now + grace).saturating_duration_since(base).as_nanos().div_ceil(1_000_000);
+        let ms = NonZeroU32::new(ms.clamp(1, u128::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
+        e.gone_at = Some(ms);
+        Leave::Grace(base + Duration::from_millis(u64::from(ms.get())))
+    }
+
+    fn instant(&self, ms: NonZeroU32) -> Instant {
+        // gone_at is only ever set after base.
+        self.base.map_or_else(Instant::now, |b| b + Duration::from_millis(u64::from(ms.get())))
     }
 
     /// Remove the users whose grace period is over by `now`, into `gone`.
     pub fn expire(&mut self, now: Instant, gone: &mut Vec<Arc<str>>) {
+        let Some(base) = self.base else { return };
+        let now_ms = now.saturating_duration_since(base).as_millis().min(u128::from(u32::MAX)) as u32;
         self.users.retain(|u, e| {
-            let over = e.gone_at.is_some_and(|t| t <= now);
+            let over = e.gone_at.is_some_and(|t| t.get() <= now_ms);
             if over {
                 gone.push(u.clone());
             }
@@ -89,7 +102,7 @@ impl Presence {
 
     /// The earliest end of a grace period.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.users.values().filter_map(|e| e.gone_at).min()
+        self.users.values().filter_map(|e| e.gone_at).min().map(|ms| self.instant(ms))
     }
 
     /// Present users (those in their grace period included, with 0 connections), by name.

@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::net::outq::OutQueue;
+use crate::proto::v1::Position;
 use crate::proto::ws::session::Session;
 
 /// Bytes of the slab entry we allow (`tests/` measures it): 4 (socket) + 4 (generation) +
@@ -31,12 +32,16 @@ pub enum Route {
     Raw,
     /// A `c100k.v1` client.
     V1,
+    /// A Server-Sent Events stream (`/sse`): written to, never read from.
+    Sse,
+    /// A long poll (`/poll`) waiting for its room: an HTTP request not yet answered.
+    Poll,
 }
 
 impl Route {
     /// A WebSocket route (the open-WebSocket gauge counts these).
     pub fn is_ws(self) -> bool {
-        !matches!(self, Route::Http | Route::KeepAlive)
+        matches!(self, Route::Echo | Route::Raw | Route::V1)
     }
 }
 
@@ -64,6 +69,8 @@ pub mod flags {
     pub const INPUT_PAUSED: u16 = 256;
     /// Accepted over --max-connections: may only ask for /healthz or /metrics (else 503).
     pub const OVERFLOW: u16 = 512;
+    /// The awaited HTTP answer is readable from other origins (CORS: SSE, poll and POST).
+    pub const CORS: u16 = 8192;
     /// Its client address holds --max-connections-per-ip already (429).
     pub const PER_IP: u16 = 1024;
     /// From --metrics-listen: only /metrics and /healthz (else 404).
@@ -81,6 +88,66 @@ pub struct Seat {
     pub room: u32,
     pub pos: u32,
     pub presence: bool,
+}
+
+/// The rooms a connection is in: one inline (most members are in one room), more on the heap.
+/// 16 bytes, so that a [`Peer`] fits 64.
+#[derive(Debug, Default)]
+pub enum Seats {
+    #[default]
+    Empty,
+    One(Seat),
+    Many(Box<Vec<Seat>>),
+}
+
+impl Seats {
+    pub fn push(&mut self, s: Seat) {
+        *self = match std::mem::take(self) {
+            Seats::Empty => Seats::One(s),
+            Seats::One(a) => Seats::Many(Box::new(vec![a, s])),
+            Seats::Many(mut v) => {
+                v.push(s);
+                Seats::Many(v)
+            }
+        };
+    }
+
+    /// Remove seat `i`, the last one taking its place (like `Vec::swap_remove`).
+    pub fn swap_remove(&mut self, i: usize) -> Seat {
+        match std::mem::take(self) {
+            Seats::Empty => panic!("swap_remove on no seats"),
+            Seats::One(a) => {
+                assert_eq!(i, 0, "one seat");
+                a
+            }
+            Seats::Many(mut v) => {
+                let s = v.swap_remove(i);
+                *self = if v.len() == 1 { Seats::One(v[0]) } else { Seats::Many(v) };
+                s
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Seats {
+    type Target = [Seat];
+    fn deref(&self) -> &[Seat] {
+        match self {
+            Seats::Empty => &[],
+            Seats::One(s) => std::slice::from_ref(s),
+            Seats::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Seats {
+    fn deref_mut(&mut self) -> &mut [Seat] {
+        match self {
+            Seats::Empty => &mut [],
+            Seats::One(s) => std::slice::from_mut(s),
+            Seats::Many(v) => v,
+        }
+    }
 }
 
 /// A token bucket for `--max-publish-rate`: `rate` messages a second with a burst of `rate`,
@@ -134,17 +201,49 @@ impl Bucket {
 #[derive(Debug)]
 pub struct Peer {
     pub identity: Identity,
-    pub seats: Vec<Seat>,
+    pub seats: Seats,
     pub bucket: Bucket,
+    /// What waits for the broker's answer to a join (a thin pointer: every member carries it).
+    pub pending: Option<Box<Pending>>,
+}
+
+/// State kept only until the broker answers a join.
+#[derive(Debug)]
+pub enum Pending {
     /// A seed-mode member's `Sec-WebSocket-Accept`, kept until the broker has it in its room:
     /// its 101 goes out then, so every message published after it reaches the member.
-    /// (A thin pointer: accept keys are always 28 bytes, and every member carries this field.)
-    pub upgrade: Option<Box<[u8; 28]>>,
+    Upgrade([u8; 28]),
+    /// Positions asked for in rooms whose join is not answered yet (local room index, position):
+    /// a long poll answers its timeout with it, and an event stream of several rooms writes it
+    /// into its ids, so a reconnect in the meantime resumes from it.
+    Since(Vec<(u32, Position)>),
 }
 
 impl Peer {
+    pub fn new(identity: Identity, bucket: Bucket) -> Peer {
+        Peer { identity, seats: Seats::Empty, bucket, pending: None }
+    }
+
     pub fn seat(&self, room: u32) -> Option<usize> {
         self.seats.iter().position(|s| s.room == room)
+    }
+
+    /// The position asked for in local room `room`, while its join is unanswered.
+    pub fn since(&self, room: u32) -> Option<&Position> {
+        match self.pending.as_deref() {
+            Some(Pending::Since(v)) => v.iter().find(|(r, _)| *r == room).map(|(_, p)| p),
+            _ => None,
+        }
+    }
+
+    /// Forget the position asked for in `room` (its join was answered).
+    pub fn answered(&mut self, room: u32) {
+        if let Some(Pending::Since(v)) = self.pending.as_deref_mut() {
+            v.retain(|(r, _)| *r != room);
+            if v.is_empty() {
+                self.pending = None;
+            }
+        }
     }
 }
 
@@ -233,6 +332,27 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seats_keep_one_inline_and_a_member_fits_a_cache_line() {
+        let seat = |room| Seat { room, pos: room * 10, presence: false };
+        let mut s = Seats::default();
+        assert!(s.is_empty());
+        s.push(seat(1));
+        assert!(matches!(s, Seats::One(_)));
+        s.push(seat(2));
+        s.push(seat(3));
+        assert_eq!(s.iter().map(|x| x.room).collect::<Vec<_>>(), [1, 2, 3]);
+        s[1].pos = 7;
+        assert_eq!(s.swap_remove(0).room, 1);
+        assert_eq!(s.iter().map(|x| (x.room, x.pos)).collect::<Vec<_>>(), [(3, 30), (2, 7)]);
+        assert_eq!(s.swap_remove(1).room, 2);
+        assert!(matches!(s, Seats::One(Seat { room: 3, .. })), "back inline");
+        assert_eq!(s.swap_remove(0).room, 3);
+        assert!(s.is_empty());
+        assert_eq!(std::mem::size_of::<Seats>(), 16);
+        assert!(std::mem::size_of::<Peer>() <= 64, "{}", std::mem::size_of::<Peer>());
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate_then_calls_a_flood() {

@@ -52,6 +52,8 @@ metrics! {
     loops_listening: "gauge", "Event loops accepting connections (drops to 0 while draining).";
     connections_open: "gauge", "TCP connections open (handshaking, open or closing).";
     websockets_open: "gauge", "Connections past the opening handshake and not yet closed.";
+    sse_streams_open: "gauge", "Server-Sent Events streams open (/sse).";
+    polls_waiting: "gauge", "Long polls (/poll) waiting for their room.";
     connections_accepted_total: "counter", "TCP connections accepted.";
     handshakes_total: "counter", "Opening handshakes completed (101 sent).";
     handshake_failures_total: "counter", "Connections that ended before a WebSocket handshake completed (rejected requests, timeouts, resets), not counting /healthz and /metrics.";
@@ -87,6 +89,9 @@ metrics! {
     auth_failures_total: "counter", "Requests refused with 401 (missing, malformed, wrongly signed or expired token; wrong API key).";
     origin_rejections_total: "counter", "WebSocket handshakes refused with 403 for their Origin.";
     api_requests_total: "counter", "Server API requests answered (/api/...).";
+    sse_streams_total: "counter", "Server-Sent Events streams started.";
+    polls_total: "counter", "Long polls answered (with messages, empty at --poll-timeout, or recovered: false).";
+    posts_total: "counter", "Messages published with POST /rooms/R/messages.";
     history_messages: "gauge", "Room messages held in history by this server's broker.";
     history_bytes: "gauge", "Bytes of room history held by this server's broker.";
     broker_rooms: "gauge", "Rooms this server's broker holds state for (members, presence or history).";

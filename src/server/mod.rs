@@ -95,6 +95,14 @@ pub struct Config {
     pub redis: Option<RedisTarget>,
     /// Every Redis key and channel starts with this (apps or tenants sharing one Redis).
     pub redis_prefix: String,
+    /// A long poll with nothing to answer is answered empty after this long.
+    pub poll_timeout: Duration,
+    /// An event stream gets a `: ping` comment this often (proxies close quiet streams).
+    pub sse_ping_interval: Duration,
+    /// The client transports offered (`--transports`).
+    pub transports: routes::Transports,
+    /// Serve the demo chat page at `/` (`--no-demo` turns it off).
+    pub demo: bool,
 }
 
 /// Default `--max-publish-rate`: messages a second per connection (chat, collaboration and game
@@ -141,6 +149,10 @@ impl Default for Config {
             metrics_listen: None,
             redis: None,
             redis_prefix: "c100k".into(),
+            poll_timeout: Duration::from_secs(25),
+            sse_ping_interval: Duration::from_secs(15),
+            transports: routes::Transports::ALL,
+            demo: true,
         }
     }
 }

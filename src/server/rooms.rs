@@ -10,10 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::conn::{Conn, Route, Seat, Take, PENDING};
+use super::conn::{Conn, Peer, Pending, Route, Seat, Take, PENDING};
 use super::metrics::LoopMetrics;
 use super::relay::Relay;
 use crate::broker::{Broker, Join, Joined, LoopId, Publish, Tag};
+use crate::proto::sse;
 use crate::proto::v1::{self, ErrorCode, Position};
 use crate::proto::ws::frame::{self, Data, OpCode};
 use crate::proto::ws::session::Phase;
@@ -30,6 +31,20 @@ pub struct Rooms {
     local: LocalRooms,
     max_rooms: usize,
     publish_rate: u32,
+    /// Long polls with an answer: the worker answers and ends them.
+    woken: Vec<PollReady>,
+}
+
+/// A long poll's answer is ready: messages after its position (or none: where the room is now).
+#[derive(Debug)]
+pub struct PollReady {
+    pub to: ConnRef,
+    pub messages: Vec<Arc<RoomMessage>>,
+    /// The room's position after `messages` (the next poll's `since`).
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    /// False: the position asked for is gone (another epoch, or older than the history).
+    pub recovered: bool,
 }
 
 /// What a publish attempt came to.
@@ -39,6 +54,10 @@ pub enum Published {
     Refused(Refusal),
     /// Over the rate limit again and again: close the connection with 1008.
     Flooding,
+}
+
+fn peer_of(c: &Conn) -> &Peer {
+    c.peer.as_deref().expect("room members have a peer")
 }
 
 /// Encode a v1 reply as a text frame.
@@ -52,7 +71,7 @@ pub fn v1_frame(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
 
 impl Rooms {
     pub fn new(lp: LoopId, broker: Arc<dyn Broker>, max_rooms: usize, publish_rate: u32) -> Rooms {
-        Rooms { lp, broker, local: LocalRooms::default(), max_rooms, publish_rate }
+        Rooms { lp, broker, local: LocalRooms::default(), max_rooms, publish_rate, woken: Vec::new() }
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -70,6 +89,16 @@ impl Rooms {
 
     pub fn is_empty(&self) -> bool {
         self.local.is_empty()
+    }
+
+    /// Where local room `idx` is: the epoch and seq of its last message here.
+    pub fn position(&self, idx: u32) -> Option<(Arc<str>, u64)> {
+        self.local.get(idx).and_then(|r| r.last.clone())
+    }
+
+    /// The name of the room the broker calls `id` (empty when this loop does not have it).
+    pub fn name_of(&self, id: RoomId) -> Arc<str> {
+        self.local.by_id(id).and_then(|idx| self.name(idx)).unwrap_or_default()
     }
 
     /// The name of local room `idx`.
@@ -114,6 +143,15 @@ impl Rooms {
             r.pending += 1;
         }
         peer.seats.push(Seat { room: idx, pos: PENDING, presence });
+        if let (Some(p), Route::Sse | Route::Poll) = (&since, conns[key].route) {
+            // Kept until the join is answered: a poll's timeout answers with it, a stream's ids carry it.
+            let peer = conns[key].peer.as_mut().expect("checked above");
+            match peer.pending.get_or_insert_with(|| Box::new(Pending::Since(Vec::new()))).as_mut() {
+                Pending::Since(v) => v.push((idx, p.clone())),
+                Pending::Upgrade(_) => {}
+            }
+        }
+        let peer = conns[key].peer.as_mut().expect("checked above");
         let user = peer.identity.user.clone();
         self.broker.join(Join { lp: self.lp, to, room, user: &user, since, id });
         Ok(())
@@ -142,23 +180,103 @@ impl Rooms {
             self.release(idx);
             return;
         };
+        if let Some(r) = self.local.get_mut(idx) {
+            r.last = Some((j.epoch.clone(), j.top));
+        }
         let c = &mut conns[key];
-        let wire = if c.route == Route::V1 { Wire::V1 } else { Wire::Raw };
+        let wire = match c.route {
+            Route::V1 => Wire::V1,
+            Route::Sse if c.peer.as_ref().is_some_and(|p| p.seats.len() == 1) => Wire::SseOne,
+            Route::Sse => Wire::Sse,
+            Route::Poll => Wire::Poll,
+            _ => Wire::Raw,
+        };
         let Some(peer) = c.peer.as_mut() else { return };
+        let since = peer.since(idx).cloned();
+        peer.answered(idx);
         let presence = peer.seats[si].presence;
         peer.seats[si].pos = self.local.add(idx, Member { key: to.key, wire, presence });
         m.joins_total.inc();
         m.rooms.set(self.local.len() as u64);
-        if wire == Wire::V1 {
-            let name = self.local.get(idx).map(|r| r.name.clone()).unwrap_or_default();
-            let reply = v1_frame(|o| v1::write_joined(o, j.id.as_deref(), &name, &j.epoch, j.top, j.recovered));
-            relay.send(key, c, &reply, m);
-            for msg in &j.replay {
-                relay.send(key, c, msg.frame(Wire::V1), m);
+        let name = self.local.get(idx).map(|r| r.name.clone()).unwrap_or_default();
+        match wire {
+            Wire::V1 => {
+                let reply = v1_frame(|o| v1::write_joined(o, j.id.as_deref(), &name, &j.epoch, j.top, j.recovered));
+                relay.send(key, c, &reply, m);
+                for msg in &j.replay {
+                    relay.send(key, c, msg.frame(Wire::V1), m);
+                }
             }
-            m.messages_sent_total.add(j.replay.len() as u64);
-            m.messages_recovered_total.add(j.replay.len() as u64);
+            Wire::Sse | Wire::SseOne => {
+                // `joined` carries the position before the replay: a stream cut during the
+                // replay resumes from there.
+                let before = j.replay.first().map_or(j.top, |msg| msg.seq.saturating_sub(1));
+                let mut json = Vec::with_capacity(96 + name.len());
+                v1::write_joined(&mut json, None, &name, &j.epoch, j.top, j.recovered);
+                let id = self.sse_id(peer_of(c), idx, Some((&j.epoch, before)));
+                let mut ev = Vec::with_capacity(json.len() + id.len() + 32);
+                sse::write_event(&mut ev, Some(&id), "joined", &json);
+                relay.send(key, c, &Bytes::from(ev), m);
+                for msg in &j.replay {
+                    self.send_sse(key, c, idx, wire, msg, relay, m);
+                }
+            }
+            Wire::Poll => {
+                if !j.replay.is_empty() || !j.recovered || since.is_none() {
+                    let seq = j.replay.last().map_or(j.top, |msg| msg.seq);
+                    let recovered = j.recovered || since.is_none();
+                    self.woken.push(PollReady { to, messages: j.replay, epoch: j.epoch, seq, recovered });
+                    return;
+                }
+                return; // parked until a message comes, or --poll-timeout
+            }
+            Wire::Raw => return,
         }
+        m.messages_sent_total.add(j.replay.len() as u64);
+        m.messages_recovered_total.add(j.replay.len() as u64);
+    }
+
+    /// The id of an event stream after an event of room `idx` at `at` (none: where the room is):
+    /// `ROOM:EPOCH:SEQ` for every room of the stream.
+    fn sse_id(&self, peer: &Peer, idx: u32, at: Option<(&str, u64)>) -> String {
+        let mut positions: Vec<(&str, &str, u64)> = Vec::with_capacity(peer.seats.len());
+        for seat in peer.seats.iter() {
+            let Some(r) = self.local.get(seat.room) else { continue };
+            let pos = match (seat.room == idx, at) {
+                (true, Some((epoch, seq))) => Some((epoch, seq)),
+                _ if seat.pos == PENDING => peer.since(seat.room).map(|p| (p.epoch.as_str(), p.seq)),
+                _ => r.last.as_ref().map(|(e, s)| (&**e, *s)),
+            };
+            if let Some((epoch, seq)) = pos {
+                positions.push((&r.name, epoch, seq));
+            }
+        }
+        sse::format_id(positions)
+    }
+
+    /// A room message to an event stream: one-room streams share the encoded event (its id
+    /// included); a stream of several rooms writes its own id line first.
+    #[allow(clippy::too_many_arguments)]
+    fn send_sse(
+        &self,
+        key: usize,
+        c: &mut Conn,
+        idx: u32,
+        wire: Wire,
+        msg: &RoomMessage,
+        relay: &mut Relay,
+        m: &LoopMetrics,
+    ) {
+        if wire == Wire::Sse {
+            let id = self.sse_id(peer_of(c), idx, Some((&msg.epoch, msg.seq)));
+            relay.send(key, c, &Bytes::from(format!("id: {id}\n")), m);
+        }
+        relay.send(key, c, msg.frame(wire), m);
+    }
+
+    /// Long polls answered since the last call.
+    pub fn take_woken(&mut self) -> Vec<PollReady> {
+        std::mem::take(&mut self.woken)
     }
 
     /// A join the broker could not carry out: the connection's seat in the room goes. Returns
@@ -188,7 +306,9 @@ impl Rooms {
 
     /// The broker cannot continue room `room` from where its members are (its data was lost):
     /// v1 members are removed from it and told so (`error` `unavailable` with the room), to
-    /// join again with `since` and learn what was recovered. Seed-mode members stay.
+    /// join again with `since` and learn what was recovered. Seed-mode members stay. Returns
+    /// the event streams and long polls of the room, which the caller ends (their clients come
+    /// back with their position and learn the same).
     pub fn on_reset(
         &mut self,
         conns: &mut Slab<Conn>,
@@ -196,10 +316,12 @@ impl Rooms {
         m: &LoopMetrics,
         room: RoomId,
         message: &str,
-    ) {
-        let Some(idx) = self.local.by_id(room) else { return };
-        let Some(r) = self.local.get(idx) else { return };
+    ) -> Vec<usize> {
+        let Some(idx) = self.local.by_id(room) else { return Vec::new() };
+        let Some(r) = self.local.get(idx) else { return Vec::new() };
         let frame = v1_frame(|o| v1::write_room_error(o, None, &r.name, ErrorCode::Unavailable, message));
+        let others: Vec<usize> =
+            r.members.iter().filter(|mb| !matches!(mb.wire, Wire::V1 | Wire::Raw)).map(|mb| mb.key as usize).collect();
         let keys: Vec<usize> = r.members.iter().filter(|mb| mb.wire == Wire::V1).map(|mb| mb.key as usize).collect();
         for key in keys {
             let Some(si) = conns.get(key).and_then(|c| c.peer.as_ref()).and_then(|p| p.seat(idx)) else { continue };
@@ -208,6 +330,7 @@ impl Rooms {
             m.v1_errors_total.inc();
         }
         m.rooms.set(self.local.len() as u64);
+        others
     }
 
     /// Leave `room` (a v1 `leave`). False when the connection was not in it.
@@ -255,8 +378,18 @@ impl Rooms {
     }
 
     /// Fan a message out to this loop's members of its room (except its publisher).
-    pub fn deliver(&self, conns: &mut Slab<Conn>, relay: &mut Relay, m: &LoopMetrics, room: RoomId, msg: &RoomMessage) {
-        let Some(r) = self.local.by_id(room).and_then(|idx| self.local.get(idx)) else { return };
+    pub fn deliver(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        relay: &mut Relay,
+        m: &LoopMetrics,
+        room: RoomId,
+        msg: &Arc<RoomMessage>,
+    ) {
+        let Some(idx) = self.local.by_id(room) else { return };
+        let Some(r) = self.local.get_mut(idx) else { return };
+        r.last = Some((msg.epoch.clone(), msg.seq));
+        let r = &self.local.get(idx).expect("just found");
         let mut sent = 0;
         for member in &r.members {
             let key = member.key as usize;
@@ -264,10 +397,19 @@ impl Rooms {
             if msg.origin.is_some_and(|o| o.lp as usize == self.lp && o.key == member.key && o.gen == c.gen) {
                 continue;
             }
-            if c.sess.phase() != Phase::Open {
-                continue;
+            match member.wire {
+                Wire::Poll => {
+                    if !self.woken.iter().any(|w| w.to.key == member.key) {
+                        let to = ConnRef { lp: self.lp as u16, key: member.key, gen: c.gen };
+                        let (epoch, seq) = (msg.epoch.clone(), msg.seq);
+                        self.woken.push(PollReady { to, messages: vec![msg.clone()], epoch, seq, recovered: true });
+                    }
+                    continue;
+                }
+                _ if c.sess.phase() != Phase::Open => continue,
+                Wire::Sse => self.send_sse(key, c, idx, Wire::Sse, msg, relay, m),
+                wire => relay.send(key, c, msg.frame(wire), m),
             }
-            relay.send(key, c, msg.frame(member.wire), m);
             sent += 1;
         }
         m.messages_sent_total.add(sent);
@@ -283,10 +425,10 @@ impl Rooms {
         ev: &PresenceEvent,
     ) {
         let Some(r) = self.local.by_id(room).and_then(|idx| self.local.get(idx)) else { return };
-        for member in r.members.iter().filter(|mb| mb.presence && mb.wire == Wire::V1) {
+        for member in r.members.iter().filter(|mb| mb.presence && mb.wire != Wire::Raw && mb.wire != Wire::Poll) {
             let key = member.key as usize;
             if let Some(c) = conns.get_mut(key).filter(|c| c.sess.phase() == Phase::Open) {
-                relay.send(key, c, ev.frame(), m);
+                relay.send(key, c, if member.wire == Wire::V1 { ev.frame() } else { ev.sse() }, m);
                 m.presence_events_sent_total.inc();
             }
         }
@@ -310,7 +452,7 @@ impl Rooms {
         if self.local.find(room).and_then(|idx| peer.seat(idx)).is_none() {
             return Published::Refused((ErrorCode::NotJoined, format!("join room {room:?} before publishing")));
         }
-        if !peer.identity.may_publish {
+        if !peer.identity.may_publish() {
             return Published::Refused((ErrorCode::Forbidden, "this token is read-only (publish: false)".into()));
         }
         match peer.bucket.take(self.publish_rate, now_ms) {

@@ -5,6 +5,9 @@
 //! - `/ws` (and `/`) with `?room=NAME`: a seed-mode room; `/ws` offering `c100k.v1`: the v1 protocol.
 //! - `/healthz`, `/metrics`: plain HTTP.
 //! - `/api/…` (with `--api-key`): the server API for application backends.
+//! - `/sse?room=R…`: a Server-Sent Events stream of rooms; `/poll?room=R&since=E:S`: a long poll;
+//!   `POST /rooms/R/messages`: publishing for both (same tokens and rooms as `/ws`).
+//! - `/` (a plain GET): the demo page; `/client/c100k.js`: the client library.
 
 use std::borrow::Cow;
 
@@ -13,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{Auth, Identity, Refusal};
 use crate::proto::http::{Body, Request};
+use crate::proto::sse;
 use crate::proto::v1::{self, Position};
 use crate::proto::ws::handshake::{check_upgrade, UpgradeError};
 
@@ -30,9 +34,29 @@ pub enum WsKind {
 /// A call to the server API, answered once the broker replies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiCall {
-    Publish { room: String, data: Box<str>, from: Option<String> },
-    Presence { room: String },
-    History { room: String, since: Option<Position>, limit: Option<usize> },
+    Publish {
+        room: String,
+        data: Box<str>,
+        from: Option<String>,
+    },
+    Presence {
+        room: String,
+    },
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: Option<usize>,
+    },
+    /// `POST /rooms/R/messages` from an SSE or long-poll client, as `identity`.
+    Send {
+        room: String,
+        data: Box<str>,
+        identity: Identity,
+    },
+    /// `GET /rooms/R/presence` from a client whose token may join the room.
+    MemberPresence {
+        room: String,
+    },
 }
 
 /// The body of a plain answer.
@@ -44,6 +68,8 @@ pub enum Reply {
     Metrics,
     /// `ok`, or 503 with the broker's trouble (decided by the caller).
     Health,
+    /// A file built into the server: (content type, body).
+    Static(&'static str, &'static str),
 }
 
 /// A plain HTTP answer.
@@ -73,6 +99,49 @@ pub enum Decision {
         call: ApiCall,
         close: bool,
     },
+    /// Start an event stream of these rooms, each from its position if one was given.
+    Sse {
+        rooms: Vec<(String, Option<Position>)>,
+        presence: bool,
+        identity: Identity,
+    },
+    /// Hold the request until `room` has messages after `since` (none: answer with the
+    /// current position at once).
+    Poll {
+        room: String,
+        since: Option<Position>,
+        identity: Identity,
+        close: bool,
+    },
+}
+
+/// Which client transports the server offers (`--transports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    pub ws: bool,
+    pub sse: bool,
+    pub poll: bool,
+}
+
+impl Transports {
+    pub const ALL: Transports = Transports { ws: true, sse: true, poll: true };
+
+    /// Parse `ws,sse,poll` (any subset, at least one).
+    pub fn parse(s: &str) -> Result<Transports, String> {
+        let mut t = Transports { ws: false, sse: false, poll: false };
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "ws" | "websocket" => t.ws = true,
+                "sse" => t.sse = true,
+                "poll" => t.poll = true,
+                other => return Err(format!("unknown transport '{other}' (use ws, sse, poll)")),
+            }
+        }
+        if t == (Transports { ws: false, sse: false, poll: false }) {
+            return Err("name at least one transport: ws, sse, poll".into());
+        }
+        Ok(t)
+    }
 }
 
 /// Why a request was refused, for the metrics.
@@ -97,7 +166,7 @@ impl Decision {
     pub fn refused(&self) -> Option<Refused> {
         match self {
             Decision::Respond(r) if r.status == 401 => Some(Refused::Auth),
-            Decision::Respond(r) if r.status == 403 && r.ws => Some(Refused::Origin),
+            Decision::Respond(r) if r.status == 403 && r.headers.contains(&VARY_ORIGIN) => Some(Refused::Origin),
             Decision::Respond(r) if r.status == 503 => Some(Refused::Full),
             Decision::Respond(r) if r.status == 429 => Some(Refused::PerIp),
             Decision::Respond(r) if r.status >= 400 => Some(Refused::Other),
@@ -114,6 +183,11 @@ pub struct Ctx<'a> {
     pub fallback_user: &'a mut dyn FnMut() -> String,
     /// What this connection may ask for.
     pub restrict: Restrict,
+    pub transports: Transports,
+    /// Rooms one connection (or event stream) may be in.
+    pub max_rooms: usize,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
 }
 
 /// Connections that may only ask for `/healthz` and `/metrics`.
@@ -155,6 +229,55 @@ fn refusal(r: Refusal) -> Decision {
         Refusal::BadRequest(m) => refuse(400, Vec::new(), m),
     }
 }
+
+/// A refused SSE, poll or POST request: like [`refusal`], but a JSON body and no failed
+/// handshake (the connection stays when the client keeps it).
+fn http_refusal(r: Refusal, close: bool) -> Decision {
+    match r {
+        Refusal::Unauthorized(m) => json_error(401, &m, close),
+        Refusal::Forbidden(m) => json_error(403, &m, close),
+        Refusal::BadRequest(m) => json_error(400, &m, close),
+    }
+}
+
+/// Marks a refusal of the request's `Origin` (the answer depends on it).
+const VARY_ORIGIN: (&str, Cow<'static, str>) = ("Vary", Cow::Borrowed("Origin"));
+
+/// Who is asking: the origin checked (`Err(Ok(d))`: refused for it, `d` says so), then the token
+/// (`?token=` or `Authorization: Bearer`) or, on an open server, `?user=`.
+fn identify(req: &Request<'_>, ctx: &mut Ctx<'_>, ws: bool, close: bool) -> Result<Identity, Decision> {
+    check_origin(req, ctx, ws, close)?;
+    let fail = |r| if ws { refusal(r) } else { http_refusal(r, close) };
+    identity_of(req, ctx).map_err(fail)
+}
+
+fn check_origin(req: &Request<'_>, ctx: &Ctx<'_>, ws: bool, close: bool) -> Result<(), Decision> {
+    ctx.auth.check_origin(req.origin).map_err(|r| {
+        let mut d = if ws { refusal(r) } else { http_refusal(r, close) };
+        if let Decision::Respond(resp) = &mut d {
+            resp.headers.push(VARY_ORIGIN);
+        }
+        d
+    })
+}
+
+fn identity_of(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Result<Identity, Refusal> {
+    let token = match req.query_param("token") {
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return Err(Refusal::BadRequest("token: invalid percent-encoding".into())),
+        None => req.bearer().map(str::to_string),
+    };
+    let user = match req.query_param("user") {
+        Some(Ok(u)) => Some(u),
+        Some(Err(_)) => return Err(Refusal::BadRequest("user: invalid percent-encoding".into())),
+        None => None,
+    };
+    ctx.auth.identify(token.as_deref(), user.as_deref(), &mut *ctx.fallback_user)
+}
+
+/// CORS: SSE, poll and POST are readable from any page the origin check let through (tokens
+/// travel in the URL or `Authorization`, never in cookies, so `*` grants nothing more).
+pub const CORS: (&str, &str) = ("Access-Control-Allow-Origin", "*");
 
 /// Decide the answer to `req` (with its body).
 pub fn route(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>) -> Decision {
@@ -217,11 +340,199 @@ fn decide(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>) -> Decision {
                 ws: false,
             })
         }
+        "/" if get && !req.upgrade_websocket && ctx.demo => {
+            return file("text/html; charset=utf-8", include_str!("../../client/demo.html"), close)
+        }
+        "/client/c100k.js" if get => {
+            return file("text/javascript; charset=utf-8", include_str!("../../client/c100k.js"), close)
+        }
         "/echo" | "/" | "/ws" => {}
+        "/sse" | "/poll" if req.method == "OPTIONS" => return preflight(req, ctx, close),
+        "/sse" | "/poll" if !get => return json_error(405, "use GET", close),
+        "/sse" if !ctx.transports.sse => return json_error(404, "SSE is turned off (--transports)", close),
+        "/poll" if !ctx.transports.poll => return json_error(404, "long polling is turned off (--transports)", close),
+        "/sse" => return sse_stream(req, ctx),
+        "/poll" => return poll(req, ctx, close),
+        p if p.starts_with("/rooms/") => return room_route(req, body, ctx, close),
         p if p.starts_with("/api/") || p == "/api" => return api(req, body, ctx, close),
         _ => return text(404, "not found\n", close, false),
     }
+    if !ctx.transports.ws {
+        return refuse(404, Vec::new(), "WebSockets are turned off here (--transports): use /sse or /poll");
+    }
     websocket(req, ctx)
+}
+
+fn file(ctype: &'static str, body: &'static str, close: bool) -> Decision {
+    Decision::Respond(Response {
+        status: 200,
+        headers: vec![("Cache-Control", "no-cache".into())],
+        body: Reply::Static(ctype, body),
+        close,
+        ws: false,
+    })
+}
+
+/// The answer to a CORS preflight for the SSE, poll and POST routes.
+fn preflight(req: &Request<'_>, ctx: &mut Ctx<'_>, close: bool) -> Decision {
+    if let Err(d) = check_origin(req, ctx, false, close) {
+        return d;
+    }
+    Decision::Respond(Response {
+        status: 204,
+        headers: vec![
+            (CORS.0, CORS.1.into()),
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()),
+            ("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID".into()),
+            ("Access-Control-Max-Age", "600".into()),
+        ],
+        body: Reply::Text("".into()),
+        close,
+        ws: false,
+    })
+}
+
+/// `GET /sse?room=R[&room=R2…][&presence=1]`, resuming from `Last-Event-ID` (or the
+/// `lastEventId` parameter, or `since=EPOCH:SEQ` for one room).
+fn sse_stream(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
+    let close = true;
+    let identity = match identify(req, ctx, false, close) {
+        Ok(id) => id,
+        Err(d) => return d,
+    };
+    let mut rooms: Vec<(String, Option<Position>)> = Vec::new();
+    for r in crate::proto::http::query_values(req.query, "room") {
+        let room = match r {
+            Ok(room) => room,
+            Err(e) => return json_error(400, &format!("room: {e}"), close),
+        };
+        if let Err(e) = v1::check_room_name(&room) {
+            return json_error(400, &format!("room: {e}"), close);
+        }
+        if !identity.may_join(&room) {
+            return json_error(403, &format!("this token may not join room {room:?}"), close);
+        }
+        if !rooms.iter().any(|(r, _)| *r == room) {
+            rooms.push((room, None));
+        }
+    }
+    if rooms.is_empty() {
+        return json_error(400, "missing room: GET /sse?room=NAME (several room= allowed)", close);
+    }
+    if rooms.len() > ctx.max_rooms {
+        return json_error(400, &format!("at most {} rooms per stream", ctx.max_rooms), close);
+    }
+    let last_id = match (req.last_event_id, req.query_param("lastEventId")) {
+        (Some(h), _) => Some(String::from_utf8_lossy(h).trim().to_string()),
+        (None, Some(Ok(q))) => Some(q),
+        (None, Some(Err(e))) => return json_error(400, &format!("lastEventId: {e}"), close),
+        (None, None) => None,
+    };
+    if let Some(id) = last_id.filter(|id| !id.is_empty()) {
+        let Some(positions) = sse::parse_id(&id) else {
+            return json_error(400, "Last-Event-ID is not a position this server wrote (ROOM:EPOCH:SEQ,…)", close);
+        };
+        for (room, pos) in positions {
+            if let Some(slot) = rooms.iter_mut().find(|(r, _)| *r == room) {
+                slot.1 = Some(pos);
+            }
+        }
+    } else {
+        match since_param(req) {
+            Ok(None) => {}
+            Ok(Some(_)) if rooms.len() > 1 => {
+                return json_error(400, "since names one room's position: use Last-Event-ID for several", close)
+            }
+            Ok(Some(p)) => rooms[0].1 = Some(p),
+            Err(d) => return d(close),
+        }
+    }
+    let presence = matches!(req.query_param("presence"), Some(Ok(v)) if v == "1" || v == "true");
+    Decision::Sse { rooms, presence, identity }
+}
+
+/// The `since=EPOCH:SEQ` parameter, if any; a malformed one is a 400 (given `close`).
+fn since_param(req: &Request<'_>) -> Result<Option<Position>, fn(bool) -> Decision> {
+    match req.query_param("since") {
+        None => Ok(None),
+        Some(Ok(s)) if s.is_empty() => Ok(None),
+        Some(Ok(s)) => Position::parse(&s).map(Some).ok_or(|close| json_error(400, "since must be EPOCH:SEQ", close)),
+        Some(Err(_)) => Err(|close| json_error(400, "since: invalid percent-encoding", close)),
+    }
+}
+
+/// `GET /poll?room=R&since=EPOCH:SEQ`.
+fn poll(req: &Request<'_>, ctx: &mut Ctx<'_>, close: bool) -> Decision {
+    let identity = match identify(req, ctx, false, close) {
+        Ok(id) => id,
+        Err(d) => return d,
+    };
+    let room = match room_param(req) {
+        Ok(r) => r,
+        Err(e) => return json_error(400, &e, close),
+    };
+    if !identity.may_join(&room) {
+        return json_error(403, &format!("this token may not join room {room:?}"), close);
+    }
+    match since_param(req) {
+        Ok(since) => Decision::Poll { room, since, identity, close },
+        Err(d) => d(close),
+    }
+}
+
+/// `POST /rooms/R/messages` with `{"data":ANY_JSON}`: publish as the token's user;
+/// `GET /rooms/R/presence`: who is in the room (for clients without a WebSocket).
+fn room_route(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>, close: bool) -> Decision {
+    let rest = req.path.strip_prefix("/rooms/").unwrap_or_default();
+    let (raw_room, method) = match rest.rsplit_once('/') {
+        Some((r, "messages")) => (r, "POST"),
+        Some((r, "presence")) => (r, "GET"),
+        _ => return json_error(404, "no such route: POST /rooms/ROOM/messages or GET /rooms/ROOM/presence", close),
+    };
+    if req.method == "OPTIONS" {
+        return preflight(req, ctx, close);
+    }
+    if req.method != method {
+        let mut d = json_error(405, &format!("use {method}"), close);
+        if let Decision::Respond(r) = &mut d {
+            r.headers.push(("Allow", method.into()));
+        }
+        return d;
+    }
+    if !ctx.transports.sse && !ctx.transports.poll {
+        return json_error(404, "SSE and long polling are turned off (--transports)", close);
+    }
+    let identity = match identify(req, ctx, false, close) {
+        Ok(id) => id,
+        Err(d) => return d,
+    };
+    let room = match path_decode(raw_room) {
+        Some(r) => r,
+        None => return json_error(400, "room: invalid percent-encoding", close),
+    };
+    if let Err(e) = v1::check_room_name(&room) {
+        return json_error(400, e, close);
+    }
+    if !identity.may_join(&room) {
+        return json_error(403, &format!("this token may not join room {room:?}"), close);
+    }
+    if method == "GET" {
+        return Decision::Api { call: ApiCall::MemberPresence { room }, close };
+    }
+    if !identity.may_publish() {
+        return json_error(403, "this token is read-only (publish: false)", close);
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return json_error(400, "the body is not UTF-8", close);
+    };
+    let b: PublishBody<'_> = match serde_json::from_str(text) {
+        Ok(b) => b,
+        Err(e) => return json_error(400, &format!("invalid JSON: {e}"), close),
+    };
+    let Some(data) = b.data else {
+        return json_error(400, "missing \"data\": send {\"data\":ANY_JSON}", close);
+    };
+    Decision::Api { call: ApiCall::Send { room, data: data.get().into(), identity }, close }
 }
 
 fn websocket(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
@@ -246,22 +557,9 @@ fn websocket(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
         }
         Err(UpgradeError::BadRequest(why)) => return refuse(400, Vec::new(), why),
     };
-    if let Err(r) = ctx.auth.check_origin(req.origin) {
-        return refusal(r);
-    }
-    let token = match req.query_param("token") {
-        Some(Ok(t)) => Some(t),
-        Some(Err(_)) => return refuse(400, Vec::new(), "token: invalid percent-encoding"),
-        None => req.bearer().map(str::to_string),
-    };
-    let user = match req.query_param("user") {
-        Some(Ok(u)) => Some(u),
-        Some(Err(_)) => return refuse(400, Vec::new(), "user: invalid percent-encoding"),
-        None => None,
-    };
-    let identity = match ctx.auth.identify(token.as_deref(), user.as_deref(), &mut *ctx.fallback_user) {
+    let identity = match identify(req, ctx, true, true) {
         Ok(id) => id,
-        Err(r) => return refusal(r),
+        Err(d) => return d,
     };
     let v1 = req.path == "/ws" && req.offers_protocol(v1::SUBPROTOCOL);
     let kind = if req.path == "/echo" {
@@ -410,7 +708,15 @@ mod tests {
             n += 1;
             format!("anon-{n}")
         };
-        let mut ctx = Ctx { auth, api_key, fallback_user: &mut fallback, restrict: Restrict::None };
+        let mut ctx = Ctx {
+            auth,
+            api_key,
+            fallback_user: &mut fallback,
+            restrict: Restrict::None,
+            transports: Transports::ALL,
+            max_rooms: 3,
+            demo: true,
+        };
         match parse(head.as_bytes(), Limits { max_head: 16 * 1024, max_body: 1 << 20 }) {
             Parsed::Complete { req, body, .. } => route(&req, &body, &mut ctx),
             other => panic!("{other:?}"),
@@ -432,7 +738,7 @@ mod tests {
         match d {
             Decision::Respond(r) => r.status,
             Decision::Upgrade { .. } => 101,
-            Decision::Api { .. } => 200,
+            Decision::Api { .. } | Decision::Sse { .. } | Decision::Poll { .. } => 200,
         }
     }
 
@@ -554,5 +860,63 @@ mod tests {
         assert_eq!(status(&d(&get("/api/rooms/r/history?since=5"), Some("sekret"))), 400);
         assert_eq!(status(&d(&get("/api/rooms/r/other"), Some("sekret"))), 404);
         assert_eq!(status(&d(&get("/api/publish"), Some("sekret"))), 405);
+    }
+
+    #[test]
+    fn sse_poll_and_post_routes() {
+        let get = |target: &str, extra: &str| decide(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n"));
+        match get("/sse?room=a&room=b&room=a&presence=1&user=ann", "") {
+            Decision::Sse { rooms, presence: true, identity } => {
+                assert_eq!(rooms, vec![("a".into(), None), ("b".into(), None)], "duplicates folded");
+                assert_eq!(&*identity.user, "ann");
+            }
+            other => panic!("{other:?}"),
+        }
+        let pos = |e: &str, s| Some(Position { epoch: e.into(), seq: s });
+        match get("/sse?room=a&room=b%2Cc", "Last-Event-ID: a:e1:4,b%2Cc:e2:9,gone:e3:1\r\n") {
+            Decision::Sse { rooms, .. } => {
+                assert_eq!(rooms, vec![("a".into(), pos("e1", 4)), ("b,c".into(), pos("e2", 9))])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(get("/sse?room=a&since=e:3", ""), Decision::Sse { rooms, .. } if rooms[0].1 == pos("e", 3)));
+        assert!(
+            matches!(get("/sse?room=a&lastEventId=a:e:3", ""), Decision::Sse { rooms, .. } if rooms[0].1 == pos("e", 3))
+        );
+        assert_eq!(status(&get("/sse?room=a&room=b&since=e:3", "")), 400, "since is one room's");
+        assert_eq!(status(&get("/sse?room=a&room=b&room=c&room=d", "")), 400, "over max_rooms");
+        assert_eq!(status(&get("/sse", "")), 400);
+        assert_eq!(status(&get("/sse?room=a", "Last-Event-ID: nonsense\r\n")), 400);
+        assert!(!get("/sse", "").is_handshake_failure(), "not a WebSocket");
+        match get("/poll?room=r&since=e%3A7", "") {
+            Decision::Poll { room, since, close: false, .. } => assert_eq!((room.as_str(), since), ("r", pos("e", 7))),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(get("/poll?room=r", ""), Decision::Poll { since: None, .. }));
+        let post = |path: &str, body: &str| {
+            decide(&format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()))
+        };
+        match post("/rooms/a%2Fb/messages?user=bo", r#"{"data":{"x":[1]}}"#) {
+            Decision::Api { call: ApiCall::Send { room, data, identity }, close: false } => {
+                assert_eq!((room.as_str(), &*data, &*identity.user), ("a/b", r#"{"x":[1]}"#, "bo"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(status(&post("/rooms/a/messages", "{}")), 400);
+        assert_eq!(status(&post("/rooms/a/presence", "")), 405);
+        assert!(matches!(get("/rooms/a/presence", ""), Decision::Api { call: ApiCall::MemberPresence { .. }, .. }));
+        match decide("OPTIONS /rooms/a/messages HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n") {
+            Decision::Respond(r) => {
+                assert_eq!(r.status, 204);
+                assert!(r.headers.contains(&(CORS.0, CORS.1.into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        match get("/", "") {
+            Decision::Respond(Response { status: 200, body: Reply::Static(ctype, _), .. }) => {
+                assert!(ctype.starts_with("text/html"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

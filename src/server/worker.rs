@@ -23,7 +23,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{flags, Bucket, Conn, Peer, Route, Sent};
+use super::conn::{flags, Bucket, Conn, Peer, Pending, Route, Sent, Take};
 use super::messages::{self, After};
 use super::metrics::LoopMetrics;
 use super::relay::Relay;
@@ -39,6 +39,8 @@ use crate::proto::ws::handshake;
 use crate::proto::ws::session::{Arm, Ending, Event as WsEvent, Expiry, Phase, Session, SessionConfig, TimerAction};
 use crate::rooms::message::{ConnRef, Payload, RoomMessage};
 use crate::timer::{Entry, Wheel};
+
+mod streams;
 
 /// Per-thread read buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -502,6 +504,10 @@ impl Worker {
         let gen = self.conns[key].gen;
         for _ in 0..READS_PER_EVENT {
             let c = &mut self.conns[key];
+            if c.route == Route::Poll && to_the_end {
+                // The client of a waiting long poll went away.
+                return self.drop_conn(key);
+            }
             if c.has(flags::PEER_EOF) || c.has(flags::AWAITING) {
                 return;
             }
@@ -635,6 +641,9 @@ impl Worker {
     }
 
     fn on_input(&mut self, key: usize, data: &mut [u8]) {
+        if self.conns[key].route == Route::Sse {
+            return; // an event stream's client has nothing to say
+        }
         if self.conns[key].sess.phase() == Phase::Handshake {
             self.on_http_bytes(key, data);
         } else {
@@ -703,6 +712,9 @@ impl Worker {
                             api_key: self.shared.cfg.api_key.as_deref(),
                             fallback_user: &mut fallback,
                             restrict,
+                            transports: self.shared.cfg.transports,
+                            max_rooms: self.shared.cfg.max_rooms_per_conn,
+                            demo: self.shared.cfg.demo,
                         };
                         (routes::route(&req, &body, &mut ctx), len)
                     }
@@ -717,6 +729,15 @@ impl Worker {
                 _ => {}
             }
             let failed = decision.is_handshake_failure();
+            if matches!(decision, Decision::Api { .. } | Decision::Poll { .. }) {
+                // Answered later (or at once, inside): what came behind it waits in the stash,
+                // where the answer picks it up.
+                let rest: &[u8] = if from_stash { &held[off..] } else { &data[off..] };
+                if !rest.is_empty() {
+                    *self.conns[key].sess.stash() = rest.to_vec();
+                    self.sync_input(key, &mut acct);
+                }
+            }
             match decision {
                 Decision::Upgrade { accept, kind, identity, protocol } => {
                     self.upgrade(key, &accept, kind, identity, protocol);
@@ -748,15 +769,13 @@ impl Worker {
                         return;
                     }
                 }
-                Decision::Api { call, close } => {
-                    self.api(key, call, close);
-                    let rest: &[u8] = if from_stash { &held[off..] } else { &data[off..] };
-                    if !rest.is_empty() {
-                        *self.conns[key].sess.stash() = rest.to_vec();
-                        self.sync_input(key, &mut acct);
-                    }
-                    return;
+                // (The requests behind it were kept above: its answer goes on with them.)
+                Decision::Api { call, close } => return self.api(key, call, close),
+                Decision::Poll { room, since, identity, close } => {
+                    return self.start_poll(key, room, since, identity, close)
                 }
+                // Whatever follows an event stream's request is never read.
+                Decision::Sse { rooms, presence, identity } => return self.start_sse(key, rooms, presence, identity),
             }
         }
     }
@@ -771,7 +790,7 @@ impl Worker {
         };
         if c.route != Route::Echo {
             let bucket = Bucket::full(self.rooms.publish_rate(), now_ms);
-            c.peer = Some(Box::new(Peer { identity, seats: Vec::new(), bucket, upgrade: None }));
+            c.peer = Some(Box::new(Peer::new(identity, bucket)));
         }
         self.m().websockets_open.inc();
         if let WsKind::Raw { room } = kind {
@@ -780,7 +799,7 @@ impl Worker {
             let c = &mut self.conns[key];
             c.flags |= flags::AWAITING;
             if let (Some(p), Ok(key)) = (c.peer.as_mut(), <[u8; 28]>::try_from(accept.as_bytes())) {
-                p.upgrade = Some(Box::new(key));
+                p.pending = Some(Box::new(Pending::Upgrade(key)));
             }
             if let Err((_, why)) = self.rooms.join(&mut self.conns, key, &room, None, false, None) {
                 log::debug!("loop {}: seed-mode join failed: {why}", self.id);
@@ -813,7 +832,9 @@ impl Worker {
         }
         let c = &mut self.conns[key];
         c.flags &= !flags::AWAITING;
-        let Some(accept) = c.peer.as_mut().and_then(|p| p.upgrade.take()) else { return self.drop_conn(key) };
+        let Some(Pending::Upgrade(accept)) = c.peer.as_mut().and_then(|p| p.pending.take()).map(|b| *b) else {
+            return self.drop_conn(key);
+        };
         if c.has(flags::PEER_EOF) {
             return self.drop_conn(key);
         }
@@ -849,6 +870,7 @@ impl Worker {
         let (ctype, text): (&str, std::borrow::Cow<'_, str>) = match r.body {
             Answer::Text(t) => ("text/plain; charset=utf-8", t),
             Answer::Json(s) => ("application/json", s.into()),
+            Answer::Static(ctype, body) => (ctype, body.into()),
             Answer::Metrics => ("text/plain; version=0.0.4; charset=utf-8", super::metrics_text(&self.shared).into()),
             Answer::Health => match self.shared.broker.status() {
                 Ok(()) => ("text/plain; charset=utf-8", "ok\n".into()),
@@ -894,8 +916,34 @@ impl Worker {
                 ack: Some((to, None)),
             }),
             ApiCall::Presence { room } => broker.presence(Query { lp: self.id, to, id: None, room: &room }),
+            ApiCall::MemberPresence { room } => {
+                c.flags |= flags::CORS;
+                broker.presence(Query { lp: self.id, to, id: None, room: &room })
+            }
             ApiCall::History { room, since, limit: l } => {
                 broker.history(Query { lp: self.id, to, id: None, room: &room }, since, limit(l))
+            }
+            ApiCall::Send { room, data, identity } => {
+                let (rate, now_ms) = (self.rooms.publish_rate(), self.now_ms());
+                let c = &mut self.conns[key];
+                c.flags |= flags::CORS;
+                // A keep-alive connection that posts again and again gets a bucket like a member.
+                let peer =
+                    c.peer.get_or_insert_with(|| Box::new(Peer::new(identity.clone(), Bucket::full(rate, now_ms))));
+                if peer.bucket.take(rate, now_ms) != Take::Ok {
+                    self.m().rate_limited_total.inc();
+                    let why = format!("over --max-publish-rate ({rate} messages/s)");
+                    return self.answer_awaited(key, 429, &streams::error_json(v1::ErrorCode::RateLimited, &why));
+                }
+                self.m().posts_total.inc();
+                broker.publish(Publish {
+                    lp: self.id,
+                    room: &room,
+                    from: identity.user,
+                    payload: Payload::Json(data),
+                    origin: None,
+                    ack: Some((to, None)),
+                })
             }
         }
     }
@@ -976,29 +1024,37 @@ impl Worker {
                 200
             }
             Reply::Error { code, message } => {
-                body.extend_from_slice(b"{\"error\":");
-                v1::write_str(&mut body, message);
-                body.extend_from_slice(b",\"code\":");
-                v1::write_str(&mut body, code.as_str());
-                body.push(b'}');
-                if *code == v1::ErrorCode::Unavailable {
-                    503
-                } else {
-                    400
-                }
+                body = streams::error_json(*code, message);
+                streams::error_status(*code)
             }
         };
+        if !self.conns[key].has(flags::CORS) {
+            self.m().api_requests_total.inc(); // (a POST from a client counts as posts_total)
+        }
+        self.answer_awaited(key, status, &body);
+    }
+
+    /// Write the answer to the request this connection awaited, then go on with the requests
+    /// behind it (keep-alive) or close.
+    fn answer_awaited(&mut self, key: usize, status: u16, body: &[u8]) {
         let c = &mut self.conns[key];
         let keep_alive = c.has(flags::KEEP_ALIVE) && !c.has(flags::PEER_EOF);
-        c.flags &= !(flags::AWAITING | flags::KEEP_ALIVE);
+        let cors = c.has(flags::CORS);
+        c.flags &= !(flags::AWAITING | flags::KEEP_ALIVE | flags::CORS);
+        let mut headers = Vec::with_capacity(2);
+        if cors {
+            headers.push(routes::CORS);
+        }
+        if matches!(status, 429 | 503) {
+            headers.push(("Retry-After", "1"));
+        }
         self.cbuf.clear();
-        http::write_response(&mut self.cbuf, status, &[], "application/json", &body, keep_alive);
+        http::write_response(&mut self.cbuf, status, &headers, "application/json", body, keep_alive);
         let sent = self.conns[key].send_slice(&self.cbuf);
         self.account(key, sent);
         if !self.conns.contains(key) {
             return;
         }
-        self.m().api_requests_total.inc();
         let now = self.now32();
         if !keep_alive {
             self.conns[key].sess.linger(now);
@@ -1008,6 +1064,8 @@ impl Worker {
         }
         self.conns[key].sess.restart_http(now);
         self.conns[key].route = Route::KeepAlive;
+        // A long poll replaced the idle timer: the next request gets the usual time to come.
+        self.arm(key, self.scfg.handshake_timeout);
         // Requests that arrived behind this one, then whatever the socket holds.
         self.on_input(key, &mut []);
         if self.conns.contains(key) {
@@ -1098,6 +1156,9 @@ impl Worker {
 
     /// Start the closing handshake on an open connection (shutdown 1001, slow consumer 1008).
     fn close_with(&mut self, key: usize, code: u16, reason: &str) {
+        if self.conns[key].route == Route::Sse {
+            return self.end_stream(key, None);
+        }
         let now = self.now32();
         self.cbuf.clear();
         if !self.conns[key].sess.close(code, reason, now, &mut self.cbuf, Role::Server) {
@@ -1111,16 +1172,19 @@ impl Worker {
         }
     }
 
-    /// The WebSocket is no longer open: leave its rooms and the open gauge (once). `clean`: the
-    /// client said goodbye (presence skips the grace period).
+    /// The WebSocket (or event stream, or long poll) is over: leave its rooms and its gauge
+    /// (once). `clean`: the client said goodbye (presence skips the grace period).
     fn leave_ws(&mut self, key: usize, clean: bool) {
         let c = &mut self.conns[key];
-        if !c.route.is_ws() {
-            return;
+        let m = self.shared.metrics.mine(self.id);
+        match c.route {
+            Route::Sse => m.sse_streams_open.sub(1),
+            Route::Poll => m.polls_waiting.sub(1),
+            r if r.is_ws() => m.websockets_open.sub(1),
+            _ => return,
         }
         c.route = Route::Http;
         let member = c.peer.is_some();
-        self.m().websockets_open.sub(1);
         if member {
             self.rooms.leave_all(&mut self.conns, key, clean);
             self.conns[key].peer = None;
@@ -1273,6 +1337,14 @@ impl Worker {
             if c.timer != e.id {
                 continue;
             }
+            if c.route == Route::Poll {
+                self.poll_timed_out(key);
+                continue;
+            }
+            if c.route == Route::Sse && c.sess.phase() == Phase::Open {
+                self.sse_ping(key);
+                continue;
+            }
             match c.sess.on_timer(now, &mut self.wbuf, &self.scfg) {
                 TimerAction::Rearm(d) => {
                     if !self.wbuf.is_empty() {
@@ -1337,19 +1409,29 @@ impl Worker {
                     m.cross_loop_deliveries_total.inc();
                 }
                 self.rooms.deliver(&mut self.conns, &mut self.relay, m, room, &msg);
+                self.answer_polls();
             }
             Event::Presence { room, ev } => self.rooms.presence(&mut self.conns, &mut self.relay, m, room, &ev),
             Event::Joined { to, room, result } => {
                 self.open_raw(to);
                 let m = self.shared.metrics.mine(self.id);
-                self.rooms.on_joined(&mut self.conns, &mut self.relay, m, to, room, result)
+                self.rooms.on_joined(&mut self.conns, &mut self.relay, m, to, room, result);
+                self.answer_polls();
             }
             Event::Reply { to, id, reply } => self.on_reply(to, id, reply),
             Event::JoinFailed { to, room, id, message } => {
                 let Some(name) = self.rooms.on_join_failed(&mut self.conns, to, room) else { return };
                 let key = to.key as usize;
-                if self.conns[key].has(flags::AWAITING) && self.conns[key].route == Route::Raw {
-                    return self.refuse_raw(key, &message);
+                match self.conns[key].route {
+                    Route::Raw if self.conns[key].has(flags::AWAITING) => return self.refuse_raw(key, &message),
+                    Route::Poll => {
+                        let body = streams::error_json(v1::ErrorCode::Unavailable, &message);
+                        return self.answer_poll(key, 503, &body);
+                    }
+                    Route::Sse if self.conns[key].sess.phase() == Phase::Open => {
+                        return self.end_stream(key, Some((&name, v1::ErrorCode::Unavailable, &message)));
+                    }
+                    _ => {}
                 }
                 if self.conns[key].sess.phase() != Phase::Open {
                     return;
@@ -1367,7 +1449,15 @@ impl Worker {
                 }
             }
             Event::Reset { room, message } => {
-                self.rooms.on_reset(&mut self.conns, &mut self.relay, m, room, &message);
+                let name = self.rooms.name_of(room);
+                for key in self.rooms.on_reset(&mut self.conns, &mut self.relay, m, room, &message) {
+                    match self.conns[key].route {
+                        // Its clients come back with their position and learn it is gone.
+                        Route::Sse => self.end_stream(key, Some((&name, v1::ErrorCode::Unavailable, &message))),
+                        Route::Poll => self.poll_timed_out(key),
+                        _ => {}
+                    }
+                }
             }
         }
     }
@@ -1386,6 +1476,11 @@ impl Worker {
         log::info!("loop {}: shutting down, closing {} connections with 1001", self.id, keys.len());
         for key in keys {
             match self.conns[key].sess.phase() {
+                // A waiting poll is answered (empty), and its client polls elsewhere.
+                Phase::Handshake if self.conns[key].route == Route::Poll => {
+                    self.conns[key].flags &= !flags::KEEP_ALIVE;
+                    self.poll_timed_out(key);
+                }
                 Phase::Handshake => self.drop_conn(key),
                 Phase::Open => self.close_with(key, codes::GOING_AWAY, "server shutting down"),
                 Phase::Closing | Phase::Linger => {}

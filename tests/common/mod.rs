@@ -578,3 +578,99 @@ pub fn children(pid: i32) -> Vec<i32> {
     }
     v
 }
+
+/// One Server-Sent Event (or a comment, with `event` "comment").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {:?}", self.data))
+    }
+}
+
+/// An event-stream reader over a raw socket, parsing the WHATWG format (fields, multi-line
+/// data, comments) the way `EventSource` does.
+pub struct SseClient {
+    pub stream: TcpStream,
+    pub status: u16,
+    pub head: String,
+    buf: Vec<u8>,
+}
+
+impl SseClient {
+    /// `GET target` with extra header lines (each ending in CRLF).
+    pub fn open(addr: SocketAddr, target: &str, headers: &str) -> SseClient {
+        let mut stream = tcp(addr);
+        write!(stream, "GET {target} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{headers}\r\n").unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = stream.read(&mut chunk).expect("reading the stream's head");
+            assert!(n > 0, "EOF before the head: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+        buf.drain(..end + 4);
+        SseClient { stream, status, head, buf }
+    }
+
+    /// The next event or comment; `None` at the end of the stream.
+    pub fn next_any(&mut self) -> Option<SseEvent> {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.buf[..end].to_vec()).expect("UTF-8 events");
+                self.buf.drain(..end + 2);
+                let mut ev = SseEvent { id: None, event: "message".into(), data: String::new() };
+                let mut data: Vec<&str> = Vec::new();
+                for line in block.split('\n') {
+                    if let Some(c) = line.strip_prefix(':') {
+                        return Some(SseEvent { id: None, event: "comment".into(), data: c.trim().into() });
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "id" => ev.id = Some(value.into()),
+                        "event" => ev.event = value.into(),
+                        "data" => data.push(value),
+                        _ => {}
+                    }
+                }
+                ev.data = data.join("\n");
+                return Some(ev);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("reading events: {e}"),
+            }
+        }
+    }
+
+    /// The next event, skipping comments (and `retry:` blocks).
+    pub fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            let ev = self.next_any()?;
+            if ev.event != "comment" && !(ev.event == "message" && ev.data.is_empty()) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next event, which must be `event`.
+    pub fn expect(&mut self, event: &str) -> SseEvent {
+        let ev = self.next().unwrap_or_else(|| panic!("the stream ended before a {event} event"));
+        assert_eq!(ev.event, event, "{ev:?}");
+        ev
+    }
+}

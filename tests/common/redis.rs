@@ -52,13 +52,18 @@ impl RedisServer {
     }
 
     fn start_with(extra: Vec<String>) -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("c100k-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = RedisServer { port, dir, child: None, extra };
-        r.spawn();
-        r
+        // A free port can be taken by someone else before redis-server binds it: then another.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("c100k-redis-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut r = RedisServer { port, dir, child: None, extra: extra.clone() };
+            if r.try_spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server would not start on a free port (5 tries)");
     }
 
     pub fn url(&self) -> String {
@@ -70,6 +75,12 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "redis-server on port {} did not start", self.port);
+    }
+
+    /// Start redis-server on our port and wait for its PING; false if it exited first (the
+    /// port was taken).
+    fn try_spawn(&mut self) -> bool {
         let mut cmd = Command::new(binary("redis-server"));
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .args(["--dir", self.dir.to_str().unwrap(), "--protected-mode", "no", "--loglevel", "warning"])
@@ -87,9 +98,14 @@ impl RedisServer {
         self.child = Some(cmd.spawn().expect("start redis-server"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            if self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
             std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 
     /// SIGKILL the server (clients see their connections reset).
