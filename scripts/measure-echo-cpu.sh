@@ -12,6 +12,9 @@
 #   BROADCAST=1  instead of echo: one room of CONNS members, 10 senders at RATE (default 100)
 #            messages/s in total; reports server CPU per delivery and delivery latency
 #   PROTOCOL=v1  with BROADCAST=1: members speak c100k.v1 (default raw, the seed mode)
+#            With BROADCAST=1 the SERVERS list may also name c100k-sse and c100k-poll: this build,
+#            its members receiving over SSE or long polling (v1 JSON; the senders stay v1
+#            WebSockets), to set the transports' cost per delivery beside WebSocket's in one run
 #   OUT      report directory (default bench-results/<UTC>-echo-cpu; results/ holds the reports
 #            committed on purpose)
 set -euo pipefail
@@ -40,13 +43,16 @@ printf 'server\trun\tmessages\tmsgs_per_sec\tserver_cpu_s\tcpu_us_per_msg\tserve
 # session spreads evenly instead of landing on one of them.
 for run in $(seq 1 "$runs"); do
   for server in $servers; do
-    start_server "$server" "$out/$server-$run.log" --threads 1
+    member_transport=ws
+    case $server in c100k-sse | c100k-poll) member_transport=${server#c100k-} ;; esac
+    start_server "${server%%-*}" "$out/$server-$run.log" --threads 1
     cpu0=$(cpu_ns "$SPID")
     wall0=$(date +%s%N)
     if [ "$broadcast" = 1 ]; then
       room_path=/ws; case $server in node | uws) room_path=/chat ;; esac
       cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size 64)
       [ "$protocol" = v1 ] && cmd+=(--protocol v1)
+      [ "$member_transport" != ws ] && cmd+=(--transport "$member_transport")
     else
       cmd=(echo --url "ws://$ADDR/echo" --conns "$conns" --size 32 "${load[@]}")
     fi
@@ -77,6 +83,10 @@ done
   if [ "$broadcast" = 1 ]; then
     echo "- Load: \`bench-client broadcast --members $conns --rooms 1 --senders 10 --rate $rate --size 64 --duration $secs --procs 1 --threads 1$([ "$protocol" = v1 ] && echo " --protocol v1")\`"
     echo "  (\"messages\" below are deliveries: each message reaches the $((conns - 1)) other members)"
+    case " $servers " in *" c100k-sse "* | *" c100k-poll "*)
+      echo "  (c100k-sse, c100k-poll: the same load, the members receiving with \`--transport sse\` or \`--transport poll\`;"
+      echo "  the 10 senders publish over v1 WebSockets in every row)" ;;
+    esac
   else
     echo "- Load: \`bench-client echo --conns $conns --size 32 ${load[*]} --duration $secs --procs 1 --threads 1\`"
   fi

@@ -9,6 +9,9 @@
 #                right after the current one, to compare commits side by side
 #   SERVERS      servers to measure, alternating per run (default c100k, plus baseline with
 #                BASELINE_BIN): c100k, baseline, node, uws (scripts/setup-peers.sh)
+#   TRANSPORT    what each idle connection is (c100k): ws (default: a WebSocket on /echo),
+#                ws-room (a seed-mode member of one room, /ws?room=idle), sse (an event stream of
+#                that room, /sse?room=idle), poll (a long poll of it, /poll?room=idle)
 #   OUT          report directory (default bench-results/<UTC>-idle-memory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,6 +26,14 @@ tsv=$out/runs.tsv
 printf 'server\trun\trss_before_kb\trss_after_kb\tuser_bytes_per_conn\tslab_before_kb\tslab_after_kb\tkernel_slab_bytes_per_conn\n' >"$tsv"
 servers=${SERVERS:-c100k}
 [ -n "${BASELINE_BIN:-}" ] && [ -z "${SERVERS:-}" ] && servers="c100k baseline"
+transport=${TRANSPORT:-ws}
+case $transport in
+  ws) client=(--url "ws://ADDR/echo") ;;
+  ws-room) client=(--url "ws://ADDR/ws?room=idle") ;;
+  sse) client=(--transport sse --url "http://ADDR/sse?room=idle") ;;
+  poll) client=(--transport poll --url "http://ADDR/poll?room=idle") ;;
+  *) die "TRANSPORT must be ws, ws-room, sse or poll" ;;
+esac
 
 for run in $(seq 1 "$runs"); do
   for server in $servers; do
@@ -32,12 +43,12 @@ for run in $(seq 1 "$runs"); do
     spid=$SPID addr=$ADDR
     # Warm up: the first connections page in code and allocator structures that every later
     # connection shares; that fixed cost is not per connection.
-    "$BENCH" connect --url "ws://$addr/echo" --conns 200 --hold 0 --procs 1 --quiet --out "$out/warmup-$server-$run" \
+    "$BENCH" connect "${client[@]//ADDR/$addr}" --conns 200 --hold 0 --procs 1 --quiet --out "$out/warmup-$server-$run" \
       >/dev/null 2>&1 || die "warm-up failed"
     for _ in $(seq 1 100); do [ "$(established "$addr")" -eq 0 ] && break; sleep 0.1; done
     sleep 1
     rss0=$(rss_kb "$spid"); slab0=$(slab_kb)
-    spawn "$out/client-$server-$run.log" $(pin 1) "$BENCH" connect --url "ws://$addr/echo" --conns "$conns" \
+    spawn "$out/client-$server-$run.log" $(pin 1) "$BENCH" connect "${client[@]//ADDR/$addr}" --conns "$conns" \
       --hold 15 --connect-rate 20000 --procs auto --out "$out/bench-$server-$run" --quiet
     cpid=$SPAWNED
     wait_established "$addr" "$conns" 60
@@ -56,11 +67,11 @@ col() { awk -F'\t' -v s="$1" -v c="$2" 'NR > 1 && $1 == s { print $c }' "$tsv" |
 user=$(col c100k 5)
 kern=$(col c100k 8)
 cat >"$out/README.md" <<EOF
-# Idle memory per WebSocket connection
+# Idle memory per connection ($transport)
 
 - Date: $(date -u +%Y-%m-%d), machine: $(machine_line)
-- Command: \`scripts/measure-idle-memory.sh $conns $runs\` (server: \`c100k --listen 127.0.0.1:0 ${SERVER_ARGS:-}\`
-  pinned to core 0; client: \`bench-client connect --conns $conns --connect-rate 20000\` pinned to core 1)
+- Command: \`TRANSPORT=$transport scripts/measure-idle-memory.sh $conns $runs\` (server: \`c100k --listen 127.0.0.1:0 ${SERVER_ARGS:-}\`
+  pinned to core 0; client: \`bench-client connect ${client[*]} --conns $conns --connect-rate 20000\` pinned to core 1)
 - Method: server RSS (VmRSS) after a warm-up of 200 connections opened and closed, then 2 s after
   all $conns were open; kernel
   \`Slab:\` from /proc/meminfo over the same interval (it counts both ends of each loopback connection).

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::coordinator::Run;
+use crate::http_member::Transport;
 use crate::job::{Load, Scenario};
 use crate::net::{parse_sources, Target};
 use crate::payload;
@@ -38,6 +39,11 @@ pub enum Cmd {
         /// New connections per second (same as --connect-rate).
         #[arg(long)]
         rate: Option<f64>,
+        /// `ws` (the --url is a WebSocket), `sse` (--url is an event stream such as
+        /// http://HOST:PORT/sse?room=idle) or `poll` (--url is a long poll such as /poll?room=idle,
+        /// polled again and again).
+        #[arg(long, value_enum, default_value_t = Transport::Ws)]
+        transport: Transport,
         #[command(flatten)]
         common: Common,
     },
@@ -78,6 +84,10 @@ pub enum Cmd {
         /// join, publish, numbered messages; checked gap-free from the server's seq).
         #[arg(long, value_enum, default_value_t = Protocol::Raw)]
         protocol: Protocol,
+        /// How members receive: `ws`, or `sse` / `poll` (v1 rooms over /sse or /poll on the
+        /// --url's host; the senders publish over v1 WebSockets). sse and poll imply --protocol v1.
+        #[arg(long, value_enum, default_value_t = Transport::Ws)]
+        transport: Transport,
         #[command(flatten)]
         common: Common,
     },
@@ -90,6 +100,20 @@ pub enum Cmd {
     Failover {
         #[command(flatten)]
         room: RoomArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Reconnect storm: like `broadcast --protocol v1`, and when the server goes away (restart
+    /// it during the run: scripts/bench-reconnect.sh does) every member reconnects with the
+    /// client library's backoff (1 s doubling to 60 s, full jitter) and resumes with `since`.
+    /// Reports reconnect time (the `resume` histogram: connection lost → rejoined; p50/p99/max),
+    /// recovered members and messages, and loss (which must be 0 where `recovered` is true).
+    Reconnect {
+        #[command(flatten)]
+        room: RoomArgs,
+        /// How members receive: ws, sse or poll.
+        #[arg(long, value_enum, default_value_t = Transport::Ws)]
+        transport: Transport,
         #[command(flatten)]
         common: Common,
     },
@@ -188,9 +212,12 @@ fn secs(s: &str) -> Result<Duration, String> {
 impl Cli {
     /// Turn the command line into a run plan.
     pub fn plan(self) -> Result<Run, String> {
+        let mut transport = Transport::Ws;
         let (name, url, conns, duration, scenario, common, params, connect_rate) = match self.cmd {
-            Cmd::Connect { url, conns, hold, rate, common } => {
-                let p = json!({ "url": url, "conns": conns, "hold_seconds": hold.as_secs_f64() });
+            Cmd::Connect { url, conns, hold, rate, transport: t, common } => {
+                transport = t;
+                let p = json!({ "url": url, "conns": conns, "hold_seconds": hold.as_secs_f64(),
+                                "transport": t.name() });
                 ("connect", url, conns, hold, Scenario::Idle, common, p, rate)
             }
             Cmd::Echo { url, conns, size, rate, window, duration, binary, common } => {
@@ -211,17 +238,27 @@ impl Cli {
                                 "duration_seconds": duration.as_secs_f64(), "binary": binary });
                 ("echo", url, conns, duration, Scenario::Echo { size, load, binary }, common, p, None)
             }
-            Cmd::Broadcast { room, protocol, common } => {
-                let (p, s, url, members, duration) = room.plan(protocol == Protocol::V1, 0, false)?;
+            Cmd::Broadcast { room, protocol, transport: t, common } => {
+                transport = t;
+                let v1 = protocol == Protocol::V1 || t != Transport::Ws;
+                let (mut p, s, url, members, duration) = room.plan(v1, 0, false, false)?;
+                p["transport"] = t.name().into();
                 ("broadcast", url, members, duration, s, common, p, None)
             }
             Cmd::Failover { room, common } => {
-                let (p, s, url, members, duration) = room.plan(true, 0, true)?;
+                let (p, s, url, members, duration) = room.plan(true, 0, true, false)?;
                 ("failover", url, members, duration, s, common, p, None)
+            }
+            Cmd::Reconnect { room, transport: t, common } => {
+                transport = t;
+                let (mut p, s, url, members, duration) = room.plan(true, 0, true, true)?;
+                p["transport"] = t.name().into();
+                p["backoff"] = "1 s doubling to 60 s, full jitter".into();
+                ("reconnect", url, members, duration, s, common, p, None)
             }
             Cmd::Resume { room, every, common } => {
                 let every_ms = (every.as_millis() as u64).max(1);
-                let (mut p, s, url, members, duration) = room.plan(true, every_ms, false)?;
+                let (mut p, s, url, members, duration) = room.plan(true, every_ms, false, false)?;
                 p["every_seconds"] = every.as_secs_f64().into();
                 ("resume", url, members, duration, s, common, p, None)
             }
@@ -244,6 +281,7 @@ impl Cli {
         Ok(Run {
             name,
             scenario,
+            transport,
             targets,
             conns,
             procs,
@@ -269,6 +307,7 @@ impl RoomArgs {
         v1: bool,
         resume_every_ms: u64,
         reconnect: bool,
+        storm: bool,
     ) -> Result<(serde_json::Value, Scenario, String, u32, Duration), String> {
         let RoomArgs { url, members, rooms, senders, rate, duration, size, includes_sender } = self;
         let url = url.join(",");
@@ -284,7 +323,8 @@ impl RoomArgs {
         let p = json!({ "url": url, "members": members, "rooms": rooms, "senders": senders, "rate": rate,
                         "duration_seconds": duration.as_secs_f64(), "size": size,
                         "includes_sender": includes_sender, "protocol": if v1 { "v1" } else { "raw" } });
-        let s = Scenario::Broadcast { rooms, senders, rate, size, includes_sender, v1, resume_every_ms, reconnect };
+        let s =
+            Scenario::Broadcast { rooms, senders, rate, size, includes_sender, v1, resume_every_ms, reconnect, storm };
         Ok((p, s, url, members, duration))
     }
 }

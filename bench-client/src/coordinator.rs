@@ -24,6 +24,8 @@ use crate::stats::Outcome;
 pub struct Run {
     pub name: &'static str,
     pub scenario: Scenario,
+    /// How members receive (senders always use WebSockets).
+    pub transport: crate::http_member::Transport,
     /// The URLs connections are spread over (connection i → URL i mod n).
     pub targets: Vec<Target>,
     pub conns: u32,
@@ -204,6 +206,7 @@ fn spawn(r: &Run, tx: &mpsc::Sender<Msg>) -> Result<Vec<Worker>, String> {
         };
         let job = Job {
             scenario,
+            transport: r.transport,
             targets: r.targets.clone(),
             first,
             count,

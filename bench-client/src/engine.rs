@@ -26,6 +26,7 @@ use c100k::proto::ws::session::{Ending, Event, Session, SessionConfig};
 use c100k::timer::{Entry, Wheel};
 
 use crate::clock::now_ns;
+use crate::http_member::{self as hm, Transport};
 use crate::job::{Job, Load, Scenario};
 use crate::net::{self, Failure};
 use crate::payload::{self, Arrival, SeqTrack, Stamp};
@@ -44,6 +45,10 @@ const SEND_BURST: u64 = 4096;
 /// Failover: the longest wait between reconnect attempts, and when to give a member up.
 const RECONNECT_MAX_BACKOFF_MS: u64 = 5_000;
 const RECONNECT_GIVE_UP_NS: u64 = 30_000_000_000;
+/// Reconnect storm: the client library's backoff (base, cap), and a member given up after this.
+const STORM_BASE_MS: u64 = 1_000;
+const STORM_CAP_MS: u64 = 60_000;
+const STORM_GIVE_UP_NS: u64 = 180_000_000_000;
 /// A response head larger than this is not a WebSocket server's answer.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
@@ -92,6 +97,8 @@ struct Conn {
     t_mark: u64,
     sess: Session,
     out: Option<Box<OutQueue>>,
+    /// How this member receives (senders are always WebSocket members).
+    transport: Transport,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +157,8 @@ pub struct Engine {
     attempts: HashMap<u32, u32>,
     /// Failover: reconnects waiting for their backoff, (due ns, index).
     delayed: Vec<(u64, u32)>,
+    /// Idle long polls: where each connection's next poll starts.
+    poll_next: HashMap<u32, String>,
     /// Jitter's random state.
     rng: u64,
     last_rx: u64,
@@ -210,6 +219,7 @@ impl Engine {
             resuming: HashMap::new(),
             attempts: HashMap::new(),
             delayed: Vec::new(),
+            poll_next: HashMap::new(),
             rng: job.salt ^ (tid as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             last_rx: 0,
             next_gen: 0,
@@ -340,8 +350,7 @@ impl Engine {
                     continue;
                 }
             };
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
+            let key = self.conns.vacant_key();
             self.next_gen = self.next_gen.wrapping_add(1) % u32::MAX;
             let gen = self.next_gen;
             let mut stream = stream;
@@ -353,7 +362,8 @@ impl Engine {
                 self.count_failure(Failure::from_io(&e));
                 continue;
             }
-            entry.insert(Conn {
+            let transport = self.transport_of(idx);
+            self.conns.insert(Conn {
                 stream,
                 idx,
                 gen,
@@ -364,6 +374,7 @@ impl Engine {
                 t_mark: now,
                 sess: Session::new_open(0),
                 out: None,
+                transport,
             });
             self.inflight += 1;
             self.live.inflight.set(self.inflight as u64);
@@ -428,12 +439,64 @@ impl Engine {
         c.t_mark = now;
         c.state = State::Upgrading;
         let idx = c.idx;
+        if c.transport != Transport::Ws {
+            return self.http_request(key);
+        }
         let target = self.target_for(idx).clone();
         let path = target.path_for(self.job.room_of(idx));
         let key_str = self.key_for(idx);
         self.wbuf.clear();
         let protocol = self.v1().then_some(c100k::proto::v1::SUBPROTOCOL);
         handshake::write_client_request(&mut self.wbuf, &target.host, &path, &key_str, protocol);
+        self.send_wbuf(key);
+    }
+
+    /// How connection `idx` receives: the run's --transport, except that senders publish over
+    /// a v1 WebSocket.
+    fn transport_of(&self, idx: u32) -> Transport {
+        if self.job.is_sender(idx) {
+            Transport::Ws
+        } else {
+            self.job.transport
+        }
+    }
+
+    /// An SSE or long-poll member's request: the stream (resuming from its position), or the
+    /// next poll (from its position).
+    fn http_request(&mut self, key: usize) {
+        let c = &self.conns[key];
+        let (idx, transport) = (c.idx, c.transport);
+        let target = self.target_for(idx).clone();
+        let route = if transport == Transport::Sse { "/sse" } else { "/poll" };
+        let (path, last_id) = match self.job.room_of(idx) {
+            None => {
+                let base = target.path_for(None);
+                let since = self.poll_next.get(&idx).filter(|_| transport == Transport::Poll);
+                let path = match since {
+                    Some(s) => format!("{base}{}since={s}", if base.contains('?') { '&' } else { '?' }),
+                    None => base,
+                };
+                (path, None)
+            }
+            Some(room) => {
+                let name = v1::room_name(room);
+                let pos = self.members.get(&idx).filter(|m| m.joined).map(|m| (m.epoch.clone(), m.last()));
+                match transport {
+                    Transport::Sse => {
+                        let id = pos.map(|(e, s)| hm::sse_id(&name, &e, s));
+                        (hm::member_target(&target.path, route, &name, None), id)
+                    }
+                    _ => {
+                        let since = pos.map(|(e, s)| format!("{e}:{s}"));
+                        (hm::member_target(&target.path, route, &name, since.as_deref()), None)
+                    }
+                }
+            }
+        };
+        self.wbuf.clear();
+        // An idle stream still asks for an event stream, with no position.
+        let last_id = last_id.or_else(|| (transport == Transport::Sse).then(String::new));
+        hm::request(&mut self.wbuf, &target.host, &path, last_id.as_deref().filter(|_| transport == Transport::Sse));
         self.send_wbuf(key);
     }
 
@@ -454,18 +517,34 @@ impl Engine {
         self.resuming.entry(idx).or_insert(now);
         let n = self.attempts.entry(idx).or_insert(0);
         *n += 1;
-        let base_ms = (100u64 << (*n - 1).min(6)).min(RECONNECT_MAX_BACKOFF_MS);
+        let attempt = *n;
+        let r = self.random();
+        let delay_ms = if self.storm() {
+            // The client library's: uniform in [0, min(60 s, 1 s × 2^(n-1))).
+            (STORM_BASE_MS << (attempt - 1).min(6)).min(STORM_CAP_MS) as f64 * r
+        } else {
+            (100u64 << (attempt - 1).min(6)).min(RECONNECT_MAX_BACKOFF_MS) as f64 * (0.5 + r)
+        };
+        self.delayed.push((now + (delay_ms * 1e6) as u64, idx));
+    }
+
+    /// Uniform in [0, 1) (xorshift; jitter only).
+    fn random(&mut self) -> f64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let jitter = 0.5 + (self.rng % 1000) as f64 / 1000.0;
-        self.delayed.push((now + (base_ms as f64 * jitter * 1e6) as u64, idx));
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn storm(&self) -> bool {
+        matches!(self.job.scenario, Scenario::Broadcast { storm: true, .. })
     }
 
     fn fail(&mut self, key: usize, f: Failure) {
         let idx = self.conns[key].idx;
         let now = now_ns();
-        if self.reconnects() && self.resuming.get(&idx).is_some_and(|&t| now - t < RECONNECT_GIVE_UP_NS) {
+        let give_up = if self.storm() { STORM_GIVE_UP_NS } else { RECONNECT_GIVE_UP_NS };
+        if self.reconnects() && self.resuming.get(&idx).is_some_and(|&t| now - t < give_up) {
             // A reconnect attempt failed (that node may be dead too): the next one, later.
             self.remove(key);
             return self.schedule_reconnect(idx, now);
@@ -517,6 +596,9 @@ impl Engine {
     }
 
     fn on_bytes(&mut self, key: usize, data: &mut [u8]) {
+        if self.conns[key].transport != Transport::Ws {
+            return self.on_http(key, data);
+        }
         if self.conns[key].state == State::Upgrading {
             let idx = self.conns[key].idx;
             let expected_key = self.key_for(idx);
@@ -544,6 +626,119 @@ impl Engine {
             return;
         }
         self.feed(key, data);
+    }
+
+    /// Bytes of an SSE or long-poll member: response heads, then events (SSE) or whole answers
+    /// (poll); what they carry is v1 JSON for [`Engine::on_v1`].
+    fn on_http(&mut self, key: usize, data: &[u8]) {
+        let gen = self.conns[key].gen;
+        let mut buf = self.conns[key].sess.take_stash();
+        buf.extend_from_slice(data);
+        let mut off = 0;
+        let now = now_ns();
+        loop {
+            let transport = self.conns[key].transport;
+            let rest = &buf[off..];
+            if transport == Transport::Sse && self.conns[key].state != State::Upgrading {
+                let Some(end) = hm::find(rest, b"\n\n") else { break };
+                if let Some((event, json)) = hm::sse_block(&rest[..end]) {
+                    match event {
+                        "joined" | "msg" => {
+                            let json = json.into_owned();
+                            self.last_rx = now;
+                            self.on_v1(key, &json, now);
+                        }
+                        "error" => self.out.v1_errors += 1,
+                        _ => {}
+                    }
+                }
+                off += end + 2;
+            } else {
+                let Some(end) = hm::find(rest, b"\r\n\r\n") else {
+                    if rest.len() > MAX_RESPONSE_HEAD {
+                        return self.fail(key, Failure::BadResponse);
+                    }
+                    break;
+                };
+                let Some((status, len)) = hm::head_of(&rest[..end]) else {
+                    return self.fail(key, Failure::BadResponse);
+                };
+                if transport == Transport::Sse {
+                    off += end + 4;
+                    if status != 200 {
+                        return self.fail(key, Failure::Http(status));
+                    }
+                    self.http_opened(key);
+                } else {
+                    let len = len.unwrap_or(0);
+                    if rest.len() < end + 4 + len {
+                        break;
+                    }
+                    let body = rest[end + 4..end + 4 + len].to_vec();
+                    off += end + 4 + len;
+                    self.poll_answered(key, status, &body, now);
+                }
+            }
+            if !self.live(key, gen) {
+                return;
+            }
+        }
+        buf.drain(..off);
+        *self.conns[key].sess.stash() = buf;
+    }
+
+    /// An event stream's head (or a first poll answer) arrived: the "handshake" is done.
+    fn http_opened(&mut self, key: usize) {
+        let now = now_ns();
+        let c = &mut self.conns[key];
+        record_ns(&mut self.out.hist[H_HANDSHAKE], now - c.t_mark);
+        let idx = c.idx;
+        match self.job.room_of(idx) {
+            Some(room) => {
+                c.state = State::Joining;
+                self.members.entry(idx).or_insert_with(|| v1::Member::new(room));
+            }
+            None => self.established(key),
+        }
+    }
+
+    /// A long poll's answer: its messages as v1 `msg`s (a `joined` first when this is the
+    /// connection's first answer or the position was gone), then the next poll.
+    fn poll_answered(&mut self, key: usize, status: u16, body: &[u8], now: u64) {
+        if status != 200 {
+            return match self.conns[key].state {
+                State::Upgrading => self.fail(key, Failure::Http(status)),
+                _ => self.ended(key, &format!("poll_status_{status}")),
+            };
+        }
+        let Some(answer) = hm::poll_answer(body) else {
+            return self.fail(key, Failure::BadResponse);
+        };
+        let Some((epoch, seq)) = answer.position() else {
+            return self.fail(key, Failure::BadResponse);
+        };
+        let first = self.conns[key].state == State::Upgrading;
+        if first {
+            self.http_opened(key);
+        }
+        let idx = self.conns[key].idx;
+        if self.job.room_of(idx).is_some() {
+            if first || answer.recovered == Some(false) {
+                let had_position = self.members.get(&idx).is_some_and(|m| m.joined);
+                let recovered = had_position && answer.recovered != Some(false);
+                // The answer's messages (a resume's replay) end at `next`.
+                self.on_v1(key, &hm::joined_json(epoch, seq, recovered), now);
+            }
+            for m in &answer.messages {
+                self.last_rx = now;
+                self.on_v1(key, m.get().as_bytes(), now);
+            }
+        } else {
+            self.poll_next.insert(idx, answer.next.clone());
+        }
+        if self.conns.contains(key) && self.conns[key].state != State::Closing {
+            self.http_request(key);
+        }
     }
 
     /// The 101 arrived: open now (seed mode), or join first (v1).
@@ -987,6 +1182,10 @@ impl Engine {
         let tick = self.tick(now) as u32;
         for key in keys {
             let c = &mut self.conns[key];
+            if c.transport != Transport::Ws {
+                self.remove(key); // an HTTP member just goes
+                continue;
+            }
             if c.state == State::Open && c.sess.close(codes::NORMAL, "bench done", tick, &mut self.wbuf, Role::Client) {
                 c.state = State::Closing;
                 self.send_wbuf(key);

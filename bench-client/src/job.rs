@@ -32,6 +32,9 @@ pub enum Scenario {
         /// v1 failover: a member whose connection the server side ends (its node died) comes
         /// back on the next URL after a backoff with jitter, and resumes with `since`.
         reconnect: bool,
+        /// With `reconnect`: the client library's backoff (1 s doubling to 60 s, full jitter)
+        /// instead of failover's quick one (a reconnect storm after a restart).
+        storm: bool,
     },
 }
 
@@ -48,6 +51,9 @@ pub enum Load {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub scenario: Scenario,
+    /// How members (not senders) receive: WebSocket, SSE or long polling.
+    #[serde(default)]
+    pub transport: crate::http_member::Transport,
     /// Connection i opens `targets[i % n]`; a failover reconnect moves to the next one.
     pub targets: Vec<Target>,
     /// This worker opens connections with global indices `first..first + count`.

@@ -6,6 +6,7 @@ mod cli;
 mod clock;
 mod coordinator;
 mod engine;
+mod http_member;
 mod job;
 mod machine;
 mod net;

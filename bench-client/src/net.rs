@@ -20,8 +20,11 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest =
-            url.strip_prefix("ws://").ok_or_else(|| format!("'{url}': only ws:// URLs are supported (no TLS yet)"))?;
+        // http:// names the same server (SSE and long-poll members use plain HTTP on it).
+        let rest = url
+            .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("'{url}': only ws:// (or http://) URLs are supported (no TLS yet)"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),

@@ -25,7 +25,7 @@ pub struct Figures {
 /// Expected deliveries, loss and rates. `v1`: expected comes from the server's seqs.
 pub fn figures(o: &Outcome, scenario: &str, includes_sender: bool, v1: bool) -> Figures {
     let expected = match scenario {
-        "broadcast" | "resume" | "failover" if v1 => o.v1_rooms.expected(),
+        "broadcast" | "resume" | "failover" | "reconnect" if v1 => o.v1_rooms.expected(),
         "broadcast" => o
             .sent_by_room
             .iter()
@@ -72,7 +72,7 @@ pub fn verdict(o: &Outcome, f: &Figures, min_established: u64, interrupted: bool
     if o.established < min_established {
         problems.push(format!("{} of the {} connections asked for were established", o.established, min_established));
     }
-    let checks_messages = matches!(scenario, "echo" | "broadcast" | "resume" | "failover");
+    let checks_messages = matches!(scenario, "echo" | "broadcast" | "resume" | "failover" | "reconnect");
     if checks_messages && f.lost > 0 {
         problems.push(format!("{} messages lost", f.lost));
     }

@@ -359,3 +359,110 @@ fn failover_moves_a_dead_nodes_members_to_the_others_and_loses_nothing() {
     assert_eq!(u(&s["connections"]["dropped"]), 0, "nobody was lost for good");
     assert!(s["histograms"]["resume"]["p50"].as_u64().unwrap() >= 50_000, "a backoff was waited");
 }
+
+#[test]
+fn sse_and_long_poll_members_are_checked_like_v1() {
+    for transport in ["sse", "poll"] {
+        let srv = c100k(|c| c.max_publish_rate = 0);
+        let url = format!("ws://{}/ws", srv.local_addr());
+        let (s, _d) = bench(&[
+            "broadcast",
+            "--transport",
+            transport,
+            "--url",
+            &url,
+            "--members",
+            "60",
+            "--rooms",
+            "3",
+            "--senders",
+            "6",
+            "--rate",
+            "300",
+            "--duration",
+            "0.5",
+        ]);
+        assert_eq!(
+            (s["parameters"]["transport"].as_str(), s["parameters"]["protocol"].as_str()),
+            (Some(transport), Some("v1"))
+        );
+        let m = &s["messages"];
+        let sent = u(&m["sent"]);
+        assert!(sent > 50, "{m}");
+        // Each message reaches the 19 other members of its room of 20 (54 of them over HTTP).
+        assert_eq!(u(&m["expected"]), sent * 19, "{transport}: {m}");
+        assert_eq!(u(&m["received"]), u(&m["expected"]), "{transport}: {m}");
+        assert_eq!((m["lost"].as_i64(), u(&m["duplicated"]), u(&m["out_of_order"])), (Some(0), 0, 0), "{transport}");
+        let metrics = srv.metrics();
+        match transport {
+            "sse" => assert_eq!(metrics.sse_streams_total, 54, "the 54 members that do not send"),
+            _ => assert!(metrics.polls_total >= 54, "{}", metrics.polls_total),
+        }
+        assert_eq!(metrics.handshakes_total, 6, "only the senders use WebSockets");
+    }
+}
+
+#[test]
+fn connect_holds_event_streams_and_long_polls() {
+    let srv = c100k(|c| c.poll_timeout = Duration::from_millis(100));
+    for (transport, path) in [("sse", "/sse?room=idle"), ("poll", "/poll?room=idle")] {
+        let url = format!("http://{}{path}", srv.local_addr());
+        let (s, _d) = bench(&["connect", "--transport", transport, "--url", &url, "--conns", "100", "--hold", "0.5"]);
+        let c = &s["connections"];
+        assert_eq!((u(&c["established"]), u(&c["failed"]), u(&c["dropped"])), (100, 0, 0), "{transport}: {c}");
+    }
+    // Idle polls were answered empty at the timeout and asked again on their connections.
+    assert!(srv.metrics().polls_total >= 300, "{}", srv.metrics().polls_total);
+    assert_eq!(srv.metrics().connections_accepted_total, 200);
+}
+
+#[test]
+fn a_reconnect_storm_after_a_restart_resumes_everyone_and_loses_nothing() {
+    let redis = redis::RedisServer::start(false);
+    let prefix = format!("storm-{}", std::process::id());
+    let on_redis = |c: &mut c100k::server::Config| {
+        c.max_publish_rate = 0;
+        c.history_size = 10_000;
+        c.drain_timeout = Duration::from_millis(200);
+        c.redis = Some(c100k::server::RedisTarget::Single(redis.url()));
+        c.redis_prefix = prefix.clone();
+    };
+    let first = c100k(on_redis);
+    let addr = first.local_addr();
+    let (child, dir) = bench_spawn(&[
+        "reconnect",
+        "--url",
+        &format!("ws://{addr}/ws"),
+        "--members",
+        "40",
+        "--rooms",
+        "2",
+        "--senders",
+        "4",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while first.metrics().publishes_total < 100 {
+        assert!(std::time::Instant::now() < deadline, "publishing never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server restarts: the old one closes everything, a new one comes up on the same port.
+    first.shutdown();
+    first.wait();
+    let second = c100k(|c| {
+        on_redis(c);
+        c.listen = addr;
+    });
+    let s = bench_wait(child, &dir);
+    assert_eq!((s["scenario"].as_str(), s["parameters"]["transport"].as_str()), (Some("reconnect"), Some("ws")));
+    let r = &s["resume"];
+    assert_eq!((u(&r["reconnects"]), u(&r["recovered"]), u(&r["unrecovered"])), (40, 40, 0), "{r}");
+    let m = &s["messages"];
+    assert_eq!(m["lost"].as_i64(), Some(0), "{m}");
+    assert_eq!((u(&m["duplicated"]), u(&m["out_of_order"])), (0, 0), "{m}");
+    assert_eq!(u(&s["connections"]["dropped"]), 0);
+    assert!(second.metrics().handshakes_total >= 40, "everyone came back to the new server");
+}
