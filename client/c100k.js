@@ -71,7 +71,7 @@ export function formatPositions(positions) {
 function encodeRoom(room) {
   let out = "";
   for (const ch of room) {
-    if (ch === "%" || ch === "," || ch === ":" || !(ch >= " " && ch <= "~")) {
+    if (ch === "%" || ch === "," || ch === ":" || ch === "+" || !(ch >= " " && ch <= "~")) {
       for (const b of new TextEncoder().encode(ch)) out += "%" + b.toString(16).toUpperCase().padStart(2, "0");
     } else out += ch;
   }

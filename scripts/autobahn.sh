@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Autobahn TestSuite fuzzingclient (server conformance) against c100k's /echo, cases 1.* to 10.*
-# (12.* and 13.* are permessage-deflate, which c100k does not offer yet).
+# Autobahn TestSuite fuzzingclient (server conformance) against c100k's /echo: every case, 1.* to
+# 10.* and the permessage-deflate cases 12.* and 13.* (AUTOBAHN_CASES narrows it; ./scripts/test.sh
+# runs a fast subset of 12/13).
+#
+# The server runs with --deflate-min-size 0, so every echo on a deflate connection is compressed:
+# kosoku reports ERROR when a deflate session answers with an uncompressed message, which RFC 7692
+# allows (c100k sends messages under --deflate-min-size plain; tests/python_client.rs checks that
+# against Python's websockets). 13.3.* and 13.5.* come out UNIMPLEMENTED: their offers ask for
+# server_max_window_bits=8 or 9, which c100k declines (it compresses with one 15-bit window per
+# event loop, so it can compress a room message once for everyone).
 #
 # Creates a Python venv with kosoku==0.1.0 (Autobahn's case files and verdicts on Python 3),
 # builds and starts c100k on a free loopback port with settings the suite needs (16 MiB+
@@ -31,7 +39,7 @@ fi
 mkdir -p "$out"
 log=$out/server.log
 "$bin" --listen 127.0.0.1:0 --threads 2 --ping-interval 0 \
-  --max-message-size $((64 << 20)) --max-backlog $((256 << 20)) >"$log" 2>&1 &
+  --max-message-size $((64 << 20)) --max-backlog $((256 << 20)) --deflate-min-size 0 ${AUTOBAHN_SERVER_ARGS:-} >"$log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 
@@ -45,4 +53,4 @@ done
 [ -n "$addr" ] || { echo "autobahn: c100k did not start:"; cat "$log"; exit 2; }
 
 "$venv/bin/python" "$root/scripts/autobahn.py" "ws://$addr/echo" --out "$out" \
-  --cases "$cases" --exclude '12.*,13.*'
+  --cases "$cases" --exclude "${AUTOBAHN_EXCLUDE:-}"

@@ -14,7 +14,12 @@
 #   PROTOCOL=v1  with BROADCAST=1: members speak c100k.v1 (default raw, the seed mode)
 #            With BROADCAST=1 the SERVERS list may also name c100k-sse and c100k-poll: this build,
 #            its members receiving over SSE or long polling (v1 JSON; the senders stay v1
-#            WebSockets), to set the transports' cost per delivery beside WebSocket's in one run
+#            WebSockets), to set the transports' cost per delivery beside WebSocket's in one run.
+#            c100k-deflate (echo or broadcast): this build, the clients offering
+#            permessage-deflate (bench-client --deflate).
+#   SIZE     message size in bytes (default 32 for echo, 64 for a broadcast)
+#   PAYLOAD=words  pad messages with text instead of one repeated byte (use it with deflate:
+#            it compresses about like real messages)
 #   OUT      report directory (default bench-results/<UTC>-echo-cpu; results/ holds the reports
 #            committed on purpose)
 set -euo pipefail
@@ -37,38 +42,46 @@ out=${OUT:-$root/bench-results/$(utc_stamp)-$what-cpu${rate:+-$rate}}
 build_release
 mkdir -p "$out"
 tsv=$out/runs.tsv
-printf 'server\trun\tmessages\tmsgs_per_sec\tserver_cpu_s\tcpu_us_per_msg\tserver_core_pct\trtt_p50_us\trtt_p99_us\n' >"$tsv"
+printf 'server\trun\tmessages\tmsgs_per_sec\tserver_cpu_s\tcpu_us_per_msg\tserver_core_pct\trtt_p50_us\trtt_p99_us\tbytes_sent_per_msg\n' >"$tsv"
 
 # Runs alternate between the servers (run 1 of each, then run 2 of each, …), so drift over the
 # session spreads evenly instead of landing on one of them.
 for run in $(seq 1 "$runs"); do
   for server in $servers; do
     member_transport=ws
-    case $server in c100k-sse | c100k-poll) member_transport=${server#c100k-} ;; esac
+    extra=()
+    case $server in
+      c100k-sse | c100k-poll) member_transport=${server#c100k-} ;;
+      c100k-deflate) extra=(--deflate) ;;
+    esac
+    [ -n "${PAYLOAD:-}" ] && extra+=(--payload "$PAYLOAD")
     start_server "${server%%-*}" "$out/$server-$run.log" --threads 1
     cpu0=$(cpu_ns "$SPID")
     wall0=$(date +%s%N)
+    sent0=$(metric "$ADDR" c100k_bytes_sent_total 2>/dev/null || echo 0)
     if [ "$broadcast" = 1 ]; then
       room_path=/ws; case $server in node | uws) room_path=/chat ;; esac
-      cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size 64)
+      cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size "${SIZE:-64}")
       [ "$protocol" = v1 ] && cmd+=(--protocol v1)
       [ "$member_transport" != ws ] && cmd+=(--transport "$member_transport")
     else
-      cmd=(echo --url "ws://$ADDR/echo" --conns "$conns" --size 32 "${load[@]}")
+      cmd=(echo --url "ws://$ADDR/echo" --conns "$conns" --size "${SIZE:-32}" "${load[@]}")
     fi
-    $(pin 1) "$BENCH" "${cmd[@]}" --duration "$secs" --procs 1 --threads 1 --quiet --out "$out/bench-$server-$run" \
+    $(pin 1) "$BENCH" "${cmd[@]}" "${extra[@]}" --duration "$secs" --procs 1 --threads 1 --quiet --out "$out/bench-$server-$run" \
       >"$out/client-$server-$run.log" 2>&1 || die "bench-client failed: $(tail -5 "$out/client-$server-$run.log")"
     cpu1=$(cpu_ns "$SPID")
     wall1=$(date +%s%N)
+    sent1=$(metric "$ADDR" c100k_bytes_sent_total 2>/dev/null || echo 0)
     kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true
-    python3 - "$out/bench-$server-$run/summary.json" "$server" "$run" "$cpu0" "$cpu1" "$wall0" "$wall1" >>"$tsv" <<'PY'
+    python3 - "$out/bench-$server-$run/summary.json" "$server" "$run" "$cpu0" "$cpu1" "$wall0" "$wall1" "$sent0" "$sent1" >>"$tsv" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1])); server, run = sys.argv[2], sys.argv[3]
+sent = (int(sys.argv[9] or 0) - int(sys.argv[8] or 0))
 cpu = (int(sys.argv[5]) - int(sys.argv[4])) / 1e9
 wall = (int(sys.argv[7]) - int(sys.argv[6])) / 1e9
 m = s["messages"]["received"]; d = s["duration_seconds"]
 h = s["histograms"].get("rtt") or s["histograms"]["delivery"]
-print(f"{server}\t{run}\t{m}\t{m/d:.0f}\t{cpu:.3f}\t{cpu*1e6/m:.3f}\t{100*cpu/wall:.0f}\t{h['p50']}\t{h['p99']}")
+print(f"{server}\t{run}\t{m}\t{m/d:.0f}\t{cpu:.3f}\t{cpu*1e6/m:.3f}\t{100*cpu/wall:.0f}\t{h['p50']}\t{h['p99']}\t{sent/m:.1f}")
 PY
     log "$(tail -n1 "$tsv")"
   done
@@ -78,6 +91,7 @@ done
   if [ "$broadcast" = 1 ]; then echo "# Server CPU per broadcast delivery"; else echo "# Server CPU per echoed message"; fi
   echo
   echo "- Date: $(date -u +%Y-%m-%d), machine: $(machine_line)"
+  [ -n "${SIZE:-}${PAYLOAD:-}" ] && echo "- Messages: ${SIZE:+$SIZE bytes}${PAYLOAD:+, padded with $PAYLOAD (bench-client --payload $PAYLOAD)}"
   echo "- Command: \`SERVERS=\"$servers\"${rate:+ RATE=$rate}$([ "$broadcast" = 1 ] && echo " BROADCAST=1")$([ "$protocol" = v1 ] && echo " PROTOCOL=v1") scripts/measure-echo-cpu.sh $conns $runs $secs\`"
   [ -n "${BASELINE_BIN:-}" ] && echo "- baseline: \`$BASELINE_BIN\`"
   if [ "$broadcast" = 1 ]; then
@@ -93,13 +107,13 @@ done
   echo "  pinned to core 1; server pinned to core 0 (c100k with \`--threads 1\`). Server CPU = its"
   echo "  threads' run time over the whole client run (ramp and teardown included) ÷ messages echoed (deliveries for a broadcast)."
   echo
-  echo "| server | CPU per message (µs) | messages/s | server core used (over the client's wall time) | latency p50 / p99 (µs) |"
-  echo "|---|---|---|---|---|"
+  echo "| server | CPU per message (µs) | messages/s | server core used (over the client's wall time) | latency p50 / p99 (µs) | bytes sent per message (c100k's /metrics) |"
+  echo "|---|---|---|---|---|---|"
   for server in $servers; do
     rows=$(awk -F'\t' -v s="$server" '$1 == s' "$tsv")
-    printf '| %s | **%s** | %s | %s%% | %s / %s |\n' "$server" \
+    printf '| %s | **%s** | %s | %s%% | %s / %s | %s |\n' "$server" \
       "$(cut -f6 <<<"$rows" | median)" "$(cut -f4 <<<"$rows" | median)" "$(cut -f7 <<<"$rows" | median)" \
-      "$(cut -f8 <<<"$rows" | median)" "$(cut -f9 <<<"$rows" | median)"
+      "$(cut -f8 <<<"$rows" | median)" "$(cut -f9 <<<"$rows" | median)" "$(cut -f10 <<<"$rows" | median)"
   done
   echo
   echo "Medians of $runs runs each; every run in [runs.tsv](runs.tsv), bench-client reports in \`bench-*/\`."

@@ -176,6 +176,22 @@ pub struct Args {
     /// Do not serve the demo chat page at `/`.
     #[arg(long, env = "C100K_NO_DEMO")]
     pub no_demo: bool,
+
+    /// permessage-deflate (RFC 7692, always without context takeover): `on` answers clients that
+    /// offer it, `off` never does.
+    #[arg(long, env = "C100K_DEFLATE", value_enum, default_value_t = OnOff::On)]
+    pub deflate: OnOff,
+
+    /// Messages smaller than this many bytes are sent uncompressed even on deflate connections.
+    #[arg(long, env = "C100K_DEFLATE_MIN_SIZE", default_value_t = 256)]
+    pub deflate_min_size: usize,
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// See [`Args::reuseport_steer`].
@@ -276,6 +292,8 @@ impl Args {
             sse_ping_interval: self.sse_ping_interval,
             transports: self.transports,
             demo: !self.no_demo,
+            deflate: self.deflate == OnOff::On,
+            deflate_min_size: self.deflate_min_size,
         };
         cfg.tick = cfg.auto_tick();
         cfg

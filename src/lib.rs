@@ -11,10 +11,16 @@
 //! - [`cli`], [`supervisor`] and the binary.
 //!
 //! bench-client uses `proto`, `net` and `timer` only.
+//!
+//! No `unsafe` outside the two modules that need the OS directly ([`supervisor`]: inherited
+//! descriptors and signals; `server::metrics_store`: a shared memory mapping).
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod broker;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub mod proto;
 pub mod rooms;

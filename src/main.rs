@@ -1,5 +1,6 @@
 //! The `c100k` binary: parse flags, raise the open-file limit, run the loops (or, with
 //! `--processes N`, supervise N worker processes), drain on a signal.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -14,6 +14,7 @@
 //! exits 0 once they all have. Workers run in their own process group (a terminal's Ctrl-C
 //! reaches only the supervisor, which forwards it once) and die with the supervisor
 //! (PR_SET_PDEATHSIG).
+#![allow(unsafe_code)] // inherited descriptors (fcntl, from_raw_fd) and sigtimedwait
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -55,3 +55,16 @@ fn a_python_websockets_member_chats_and_resumes() {
     assert_eq!(replay, vec![json!(0), json!(1), json!(2)]);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn python_websockets_speaks_permessage_deflate_with_us() {
+    let srv = server(|c| c.deflate_min_size = 256);
+    let script = format!("{}/tests/clients/deflate_echo.py", env!("CARGO_MANIFEST_DIR"));
+    let out =
+        Command::new(python()).args([&script, &format!("ws://{}", srv.local_addr())]).output().expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "every echo matched: {v}");
+    let ext = v["extensions"].as_str().unwrap_or_default();
+    assert!(ext.starts_with("permessage-deflate") && ext.contains("client_no_context_takeover"), "{v}");
+}

@@ -131,6 +131,13 @@ pub enum Cmd {
     },
 }
 
+/// What payloads are padded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Padding {
+    X,
+    Words,
+}
+
 /// The room protocol of a broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
@@ -199,6 +206,14 @@ pub struct Common {
     /// No per-second progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate on WebSocket connections (RFC 7692); compressed messages from the
+    /// server are inflated. What we send stays uncompressed.
+    #[arg(long)]
+    pub deflate: bool,
+    /// Payload padding: `x` (one repeated byte, the default) or `words` (text that compresses
+    /// about like real messages; use it with --deflate).
+    #[arg(long, value_enum, default_value_t = Padding::X)]
+    pub payload: Padding,
     /// The run fails (exit status 1) when fewer connections than this were established.
     /// Default: every connection asked for.
     #[arg(long)]
@@ -278,10 +293,14 @@ impl Cli {
         parameters["src"] = common.src.clone().into();
         parameters["connect_rate"] = connect_rate.unwrap_or(common.connect_rate).into();
         parameters["concurrency"] = common.concurrency.into();
+        parameters["deflate"] = common.deflate.into();
+        parameters["payload"] = if common.payload == Padding::Words { "words" } else { "x" }.into();
         Ok(Run {
             name,
             scenario,
             transport,
+            deflate: common.deflate,
+            words: common.payload == Padding::Words,
             targets,
             conns,
             procs,

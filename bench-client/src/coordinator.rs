@@ -26,6 +26,10 @@ pub struct Run {
     pub scenario: Scenario,
     /// How members receive (senders always use WebSockets).
     pub transport: crate::http_member::Transport,
+    /// Offer permessage-deflate.
+    pub deflate: bool,
+    /// Text padding in payloads (`--payload words`).
+    pub words: bool,
     /// The URLs connections are spread over (connection i → URL i mod n).
     pub targets: Vec<Target>,
     pub conns: u32,
@@ -207,6 +211,8 @@ fn spawn(r: &Run, tx: &mpsc::Sender<Msg>) -> Result<Vec<Worker>, String> {
         let job = Job {
             scenario,
             transport: r.transport,
+            deflate: r.deflate,
+            words: r.words,
             targets: r.targets.clone(),
             first,
             count,

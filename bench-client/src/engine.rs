@@ -448,6 +448,11 @@ impl Engine {
         self.wbuf.clear();
         let protocol = self.v1().then_some(c100k::proto::v1::SUBPROTOCOL);
         handshake::write_client_request(&mut self.wbuf, &target.host, &path, &key_str, protocol);
+        if self.job.deflate {
+            // Before the blank line that ends the request.
+            self.wbuf.truncate(self.wbuf.len() - 2);
+            self.wbuf.extend_from_slice(b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        }
         self.send_wbuf(key);
     }
 
@@ -613,8 +618,11 @@ impl Engine {
                 {
                     self.fail(key, Failure::BadProtocol)
                 }
-                ParsedResponse::Complete { status: 101, accept_ok: true, len, .. } => {
+                ParsedResponse::Complete { status: 101, accept_ok: true, len, deflate, .. } => {
                     self.upgraded(key);
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.sess.set_deflate(deflate && self.job.deflate);
+                    }
                     let mut rest = head.split_off(len);
                     if !rest.is_empty() {
                         self.feed(key, &mut rest);
@@ -1021,7 +1029,7 @@ impl Engine {
 
     fn send_echo(&mut self, key: usize, stamp: u64, size: usize, binary: bool) {
         self.pbuf.clear();
-        payload::echo(&mut self.pbuf, stamp, size);
+        payload::echo(&mut self.pbuf, stamp, size, self.job.words);
         let opcode = OpCode::Data(if binary { Data::Binary } else { Data::Text });
         frame::write_masked_frame(&mut self.wbuf, opcode, &self.pbuf, c100k::proto::ws::mask::random_key());
         self.out.sent += 1;
@@ -1134,9 +1142,12 @@ impl Engine {
                     let stamp = Stamp { s: idx, q: seq, t: due };
                     match (self.v1(), self.job.room_of(idx)) {
                         (true, Some(room)) => {
-                            v1::publish(&mut self.pbuf, &v1::room_name(room), |o| payload::broadcast(o, stamp, size))
+                            let words = self.job.words;
+                            v1::publish(&mut self.pbuf, &v1::room_name(room), |o| {
+                                payload::broadcast(o, stamp, size, words)
+                            })
                         }
-                        _ => payload::broadcast(&mut self.pbuf, stamp, size),
+                        _ => payload::broadcast(&mut self.pbuf, stamp, size, self.job.words),
                     }
                     frame::write_masked_frame(
                         &mut self.wbuf,

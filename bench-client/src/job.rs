@@ -54,6 +54,12 @@ pub struct Job {
     /// How members (not senders) receive: WebSocket, SSE or long polling.
     #[serde(default)]
     pub transport: crate::http_member::Transport,
+    /// WebSocket connections offer permessage-deflate (and inflate what comes compressed).
+    #[serde(default)]
+    pub deflate: bool,
+    /// Pad payloads with text (words) instead of one repeated byte: compresses like real text.
+    #[serde(default)]
+    pub words: bool,
     /// Connection i opens `targets[i % n]`; a failover reconnect moves to the next one.
     pub targets: Vec<Target>,
     /// This worker opens connections with global indices `first..first + count`.

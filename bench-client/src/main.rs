@@ -1,12 +1,14 @@
 //! bench-client: a load generator for 100K+ WebSocket connections with honest HDR latency
 //! reports. The command users run is the coordinator; it re-executes itself as worker processes
 //! (`bench-client __worker`, not for direct use) to hold more sockets than one process can.
+#![deny(unsafe_code)]
+
+use bench_client::http_member;
 
 mod cli;
 mod clock;
 mod coordinator;
 mod engine;
-mod http_member;
 mod job;
 mod machine;
 mod net;

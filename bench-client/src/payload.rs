@@ -12,10 +12,37 @@ use std::collections::BTreeSet;
 pub const ECHO_MIN: usize = 16;
 
 /// Append an echo payload of `size` bytes (at least [`ECHO_MIN`]) stamped `t_ns`.
-pub fn echo(out: &mut Vec<u8>, t_ns: u64, size: usize) {
+pub fn echo(out: &mut Vec<u8>, t_ns: u64, size: usize, words: bool) {
     use std::io::Write;
     let _ = write!(out, "{t_ns:016x}");
-    out.resize(out.len() + size.saturating_sub(ECHO_MIN), b'x');
+    pad(out, size.saturating_sub(ECHO_MIN), words, t_ns);
+}
+
+/// Append `n` bytes of padding: one repeated byte, or words picked pseudo-randomly from a small
+/// vocabulary (compresses roughly like chat text or JSON, 2–4×, where `x`s compress ~100×).
+pub fn pad(out: &mut Vec<u8>, n: usize, words: bool, seed: u64) {
+    if !words {
+        out.resize(out.len() + n, b'x');
+        return;
+    }
+    const WORDS: [&str; 32] = [
+        "the", "room", "message", "server", "client", "latency", "again", "quick", "brown", "fox", "jumps", "over",
+        "lazy", "dog", "seq", "epoch", "presence", "joined", "history", "deliver", "socket", "kernel", "memory",
+        "frame", "json", "value", "user", "token", "publish", "stream", "order", "resume",
+    ];
+    let end = out.len() + n;
+    let mut x = seed | 1;
+    while out.len() < end {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let w = WORDS[(x % 32) as usize];
+        let room = end - out.len();
+        out.extend_from_slice(&w.as_bytes()[..w.len().min(room)]);
+        if out.len() < end {
+            out.push(if x % 7 == 0 { b'.' } else { b' ' });
+        }
+    }
 }
 
 /// The timestamp of an echoed payload, if it is one of ours.
@@ -36,12 +63,12 @@ pub struct Stamp {
 }
 
 /// Append a broadcast payload of about `size` bytes (never less than needed).
-pub fn broadcast(out: &mut Vec<u8>, st: Stamp, size: usize) {
+pub fn broadcast(out: &mut Vec<u8>, st: Stamp, size: usize, words: bool) {
     use std::io::Write;
     let start = out.len();
     let _ = write!(out, "{{\"s\":{},\"q\":{},\"t\":{},\"p\":\"", st.s, st.q, st.t);
     let used = out.len() - start + 2;
-    out.resize(out.len() + size.saturating_sub(used), b'x');
+    pad(out, size.saturating_sub(used), words, st.t ^ u64::from(st.s) << 40 ^ st.q);
     out.extend_from_slice(b"\"}");
 }
 
@@ -113,7 +140,7 @@ mod tests {
     #[test]
     fn echo_payloads_roundtrip_at_the_requested_size() {
         let mut v = Vec::new();
-        echo(&mut v, 0x1234_5678_9abc, 32);
+        echo(&mut v, 0x1234_5678_9abc, 32, false);
         assert_eq!(v.len(), 32);
         assert!(std::str::from_utf8(&v).is_ok());
         assert_eq!(echo_stamp(&v), Some(0x1234_5678_9abc));
@@ -124,7 +151,7 @@ mod tests {
     fn broadcast_payloads_are_compact_json_of_the_requested_size() {
         let st = Stamp { s: 12, q: 345, t: 6_789_000_000 };
         let mut v = Vec::new();
-        broadcast(&mut v, st, 128);
+        broadcast(&mut v, st, 128, false);
         assert_eq!(v.len(), 128);
         assert_eq!(parse_broadcast(&v), Some(st));
         // Compact (no whitespace), so an order-preserving re-serializer such as Node's
@@ -132,8 +159,15 @@ mod tests {
         assert!(!v.contains(&b' '));
         assert!(serde_json::from_slice::<serde_json::Value>(&v).is_ok());
         let mut small = Vec::new();
-        broadcast(&mut small, st, 10);
+        broadcast(&mut small, st, 10, false);
         assert_eq!(parse_broadcast(&small), Some(st), "never truncated below what it needs");
+        // Word padding: the same size, valid JSON, and text that compresses like text.
+        let mut w = Vec::new();
+        broadcast(&mut w, st, 600, true);
+        assert_eq!(w.len(), 600);
+        assert_eq!(parse_broadcast(&w), Some(st));
+        let z = c100k::proto::ws::deflate::compress(&w);
+        assert!(z.len() > 600 / 6 && z.len() < 600 * 3 / 4, "{}", z.len());
     }
 
     #[test]

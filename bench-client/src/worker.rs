@@ -17,6 +17,7 @@ use crate::stats::Outcome;
 /// Entry point of `bench-client __worker`.
 pub fn main() -> Result<(), String> {
     // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    #[allow(unsafe_code)] // installing SIG_IGN (no handler code runs)
     unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) }
         .map_err(|e| format!("ignoring SIGINT: {e}"))?;
     let (tx, rx) = mpsc::channel::<Option<Command>>();

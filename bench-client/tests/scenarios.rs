@@ -466,3 +466,45 @@ fn a_reconnect_storm_after_a_restart_resumes_everyone_and_loses_nothing() {
     assert_eq!(u(&s["connections"]["dropped"]), 0);
     assert!(second.metrics().handshakes_total >= 40, "everyone came back to the new server");
 }
+
+#[test]
+fn deflate_members_are_checked_like_any_and_receive_compressed_frames() {
+    let srv = c100k(|c| {
+        c.max_publish_rate = 0;
+        c.deflate_min_size = 128;
+    });
+    let url = format!("ws://{}/ws", srv.local_addr());
+    let before = srv.metrics().bytes_sent_total;
+    let (s, _d) = bench(&[
+        "broadcast",
+        "--protocol",
+        "v1",
+        "--deflate",
+        "--payload",
+        "words",
+        "--size",
+        "600",
+        "--url",
+        &url,
+        "--members",
+        "40",
+        "--senders",
+        "4",
+        "--rate",
+        "200",
+        "--duration",
+        "0.5",
+    ]);
+    assert_eq!(
+        (s["parameters"]["deflate"].as_bool(), s["parameters"]["payload"].as_str()),
+        (Some(true), Some("words"))
+    );
+    let m = &s["messages"];
+    assert_eq!((m["lost"].as_i64(), u(&m["duplicated"]), u(&m["corrupt"])), (Some(0), 0, 0), "{m}");
+    assert_eq!(u(&m["received"]), u(&m["expected"]));
+    assert_eq!(srv.metrics().deflate_handshakes_total, 40, "every member negotiated it");
+    // 600-byte text payloads compress: the server sent less per delivery than the payload alone
+    // (a plain frame is the payload plus the v1 envelope and a header).
+    let sent = srv.metrics().bytes_sent_total - before;
+    assert!(sent < u(&m["received"]) * 600, "{sent} bytes for {} deliveries", u(&m["received"]));
+}

@@ -35,6 +35,7 @@ test("transports fall back in order WebSocket, SSE, long polling", () => {
 
 test("positions are written the way the server writes SSE ids", () => {
   assert.equal(formatPositions([["lobby", "e1", 7], ["a,b:c%d é", "e2", 0]]), "lobby:e1:7,a%2Cb%3Ac%25d %C3%A9:e2:0");
+  assert.equal(formatPositions([["c+d", "e", 1]]), "c%2Bd:e:1");
 });
 
 test("a room delivers each message once, in order, holding gaps our own publishes fill", () => {

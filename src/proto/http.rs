@@ -32,6 +32,8 @@ pub struct Request<'b> {
     pub ws_key: Option<&'b [u8]>,
     /// Every `Sec-WebSocket-Protocol` value (comma lists, possibly over several headers).
     pub ws_protocols: [Option<&'b [u8]>; 4],
+    /// `Sec-WebSocket-Extensions` values (up to four headers), each a comma-separated list.
+    pub ws_extensions: [Option<&'b [u8]>; 4],
     pub origin: Option<&'b [u8]>,
     pub authorization: Option<&'b [u8]>,
     pub last_event_id: Option<&'b [u8]>,
@@ -154,6 +156,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         ws_version: None,
         ws_key: None,
         ws_protocols: [None; 4],
+        ws_extensions: [None; 4],
         origin: None,
         authorization: None,
         last_event_id: None,
@@ -163,6 +166,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut protocols = 0;
+    let mut extensions = 0;
     for h in r.headers.iter() {
         let (name, value) = (h.name, trim(h.value));
         let res = if name.eq_ignore_ascii_case("host") {
@@ -185,6 +189,14 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
             } else {
                 req.ws_protocols[protocols] = Some(value);
                 protocols += 1;
+                Ok(())
+            }
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            if extensions == req.ws_extensions.len() {
+                Err(err(400, "too many Sec-WebSocket-Extensions headers"))
+            } else {
+                req.ws_extensions[extensions] = Some(value);
+                extensions += 1;
                 Ok(())
             }
         } else if name.eq_ignore_ascii_case("origin") {
@@ -354,6 +366,20 @@ pub fn query_values<'q>(
             String::from_utf8(bytes).map_err(|_| "not UTF-8")
         })
     })
+}
+
+/// Percent-decode a path segment or an SSE id: like [`percent_decode`], but `+` stays `+`.
+pub fn percent_decode_path(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut parts = s.split(|&b| b == b'+');
+    if let Some(first) = parts.next() {
+        out.extend(percent_decode(first)?);
+    }
+    for part in parts {
+        out.push(b'+');
+        out.extend(percent_decode(part)?);
+    }
+    Some(out)
 }
 
 /// Percent-decode (RFC 3986 §2.1: `%` and exactly two hex digits), `+` as a space.

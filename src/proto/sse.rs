@@ -3,8 +3,8 @@
 //!
 //! An event id names where the stream is in every room it carries, so that the `Last-Event-ID`
 //! a reconnecting `EventSource` sends resumes all of them: `ROOM:EPOCH:SEQ`, comma-separated
-//! for several rooms, each room name percent-encoded (`%`, `,`, `:`, and anything outside
-//! printable ASCII). A one-room stream's ids are the same for every reader of the room, so they
+//! for several rooms, each room name percent-encoded (`%`, `,`, `:`, `+`, and anything outside
+//! printable ASCII; `+` is never a space here). A one-room stream's ids are the same for every reader of the room, so they
 //! are part of the event encoded once per message.
 
 use std::fmt::Write as _;
@@ -59,7 +59,7 @@ pub fn format_id<'a>(positions: impl IntoIterator<Item = (&'a str, &'a str, u64)
             id.push(',');
         }
         for ch in room.chars() {
-            if matches!(ch, '%' | ',' | ':') || !(' '..='~').contains(&ch) {
+            if matches!(ch, '%' | ',' | ':' | '+') || !(' '..='~').contains(&ch) {
                 let mut b = [0u8; 4];
                 for byte in ch.encode_utf8(&mut b).bytes() {
                     let _ = write!(id, "%{byte:02X}");
@@ -78,7 +78,7 @@ pub fn parse_id(id: &str) -> Option<Vec<(String, Position)>> {
     let mut out = Vec::new();
     for part in id.split(',').filter(|p| !p.is_empty()) {
         let (room, pos) = part.split_once(':')?;
-        let room = String::from_utf8(crate::proto::http::percent_decode(room.as_bytes())?).ok()?;
+        let room = String::from_utf8(crate::proto::http::percent_decode_path(room.as_bytes())?).ok()?;
         check_room_name(&room).ok()?;
         out.push((room, Position::parse(pos)?));
     }
@@ -132,6 +132,11 @@ mod tests {
     fn ids_carry_every_room_and_survive_odd_room_names() {
         let id = format_id([("lobby", "e1", 7), ("a,b:c%d é", "e2", 0)]);
         assert_eq!(id, "lobby:e1:7,a%2Cb%3Ac%25d %C3%A9:e2:0");
+        // `+` is a plus (found by fuzzing: a form-style decode made it a space).
+        assert_eq!(format_id([("c+d", "e", 1)]), "c%2Bd:e:1");
+        assert_eq!(parse_id("c+d:e:1").unwrap()[0].0, "c+d");
+        // An epoch is printable and comma-free: one from a client never breaks the id line.
+        assert!(parse_id("lobby:\n\ne1:7").is_none());
         let back = parse_id(&id).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!((back[0].0.as_str(), &*back[0].1.epoch, back[0].1.seq), ("lobby", "e1", 7));

@@ -26,9 +26,15 @@ pub struct Position {
 }
 
 impl Position {
-    /// Parse the `EPOCH:SEQ` form (URL parameters, SSE ids).
+    /// Parse the `EPOCH:SEQ` form (URL parameters, SSE ids). An epoch is 1 to 64 printable
+    /// ASCII characters without `,` (this server writes hex): a client's epoch is written back
+    /// into SSE ids while its join is pending, so it must not carry line breaks.
     pub fn parse(s: &str) -> Option<Position> {
         let (epoch, seq) = s.rsplit_once(':')?;
+        let printable = epoch.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        if epoch.is_empty() || epoch.len() > 64 || !printable || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
         Some(Position { epoch: epoch.to_string(), seq: seq.parse().ok()? })
     }
 }
@@ -443,6 +449,9 @@ mod tests {
         assert_eq!(Position::parse("ab:12"), Some(Position { epoch: "ab".into(), seq: 12 }));
         assert_eq!(Position::parse("a:b:3"), Some(Position { epoch: "a:b".into(), seq: 3 }));
         assert_eq!(Position::parse("nope"), None);
+        assert_eq!(Position::parse(":5"), None, "no epoch");
+        assert_eq!(Position::parse("e\n:5"), None, "a line break");
+        assert_eq!(Position::parse("e:+5"), None, "digits only");
         assert_eq!(Position::parse("e:-1"), None);
     }
 }

@@ -46,11 +46,36 @@ pub enum Wire {
     SseOne = 3,
     /// A parked long poll: answered with the v1 JSON in an HTTP response (no encoding of its own).
     Poll = 4,
+    /// Seed mode on a permessage-deflate connection: the raw frame compressed (RSV1), or plain
+    /// when the message is under `--deflate-min-size`.
+    RawDeflate = 5,
+    /// `c100k.v1` on a permessage-deflate connection, likewise.
+    V1Deflate = 6,
 }
 
-/// The WebSocket encodings kept inline (raw and v1); the SSE forms live behind one pointer,
-/// allocated only for rooms with event-stream readers (a message stays in its allocator size class).
+impl Wire {
+    /// The same wire with permessage-deflate (raw and v1 WebSocket members only).
+    pub fn deflated(self) -> Wire {
+        match self {
+            Wire::Raw => Wire::RawDeflate,
+            Wire::V1 => Wire::V1Deflate,
+            w => w,
+        }
+    }
+}
+
+/// The WebSocket encodings kept inline (raw and v1); the SSE and deflate forms live behind one
+/// pointer, allocated only for rooms with such members (a message stays in its allocator size class).
 const ENCODINGS: usize = 2;
+
+/// The encodings few rooms need.
+#[derive(Debug, Default)]
+struct More {
+    /// The SSE event with its one-room id, and the same bytes without the id line (a slice).
+    sse: OnceLock<[Bytes; 2]>,
+    /// The raw and v1 frames compressed once for every deflate member (RSV1 set).
+    deflate: [OnceLock<Bytes>; ENCODINGS],
+}
 
 /// A connection on some loop of this process: who published (left out of the fan-out), or
 /// where an answer goes.
@@ -74,8 +99,7 @@ pub struct RoomMessage {
     /// The publishing connection (none for the server API).
     pub origin: Option<ConnRef>,
     enc: [OnceLock<Bytes>; ENCODINGS],
-    /// The SSE event with its one-room id, and the same bytes without the id line (a slice).
-    sse: OnceLock<Box<[Bytes; 2]>>,
+    more: OnceLock<Box<More>>,
 }
 
 impl RoomMessage {
@@ -88,13 +112,15 @@ impl RoomMessage {
         payload: Payload,
         origin: Option<ConnRef>,
     ) -> RoomMessage {
-        RoomMessage { room, epoch, seq, from, ts, payload, origin, enc: Default::default(), sse: OnceLock::new() }
+        RoomMessage { room, epoch, seq, from, ts, payload, origin, enc: Default::default(), more: OnceLock::new() }
     }
 
     /// The whole frame for `wire`, built on first use and shared afterwards.
+    /// (Deflate wires get their plain frame here; see [`RoomMessage::frame_for`].)
     pub fn frame(&self, wire: Wire) -> &Bytes {
         let wire = match wire {
-            Wire::Poll => Wire::V1,
+            Wire::Poll | Wire::V1Deflate => Wire::V1,
+            Wire::RawDeflate => Wire::Raw,
             Wire::SseOne => return &self.sse_forms()[0],
             Wire::Sse => return &self.sse_forms()[1],
             w => w,
@@ -112,15 +138,41 @@ impl RoomMessage {
         })
     }
 
+    /// The bytes for a member on `wire`: [`RoomMessage::frame`], or for a deflate member the
+    /// frame compressed once (plain when its payload is under `deflate_min` bytes).
+    pub fn frame_for(&self, wire: Wire, deflate_min: usize) -> &Bytes {
+        let plain = match wire {
+            Wire::RawDeflate => Wire::Raw,
+            Wire::V1Deflate => Wire::V1,
+            w => return self.frame(w),
+        };
+        let frame = self.frame(plain);
+        let body = frame::payload_of(frame);
+        if body.len() < deflate_min {
+            return frame;
+        }
+        self.more().deflate[plain as usize].get_or_init(|| {
+            let z = crate::proto::ws::deflate::compress(body);
+            let opcode = if frame[0] & 0x0f == 0x2 { Data::Binary } else { Data::Text };
+            let mut v = Vec::with_capacity(z.len() + frame::MAX_HEADER_LEN);
+            frame::write_compressed_frame(&mut v, OpCode::Data(opcode), &z);
+            Bytes::from(v)
+        })
+    }
+
+    fn more(&self) -> &More {
+        self.more.get_or_init(Box::default)
+    }
+
     fn sse_forms(&self) -> &[Bytes; 2] {
-        self.sse.get_or_init(|| {
+        self.more().sse.get_or_init(|| {
             let json = self.v1_json();
             let id = sse::format_id([(&*self.room, &*self.epoch, self.seq)]);
             let mut v = Vec::with_capacity(json.len() + 32 + id.len() + 5);
             sse::write_event(&mut v, Some(&id), "msg", json);
             let with_id = Bytes::from(v);
             let bare = with_id.slice(id.len() + 5..); // after "id: {id}\n"
-            Box::new([with_id, bare])
+            [with_id, bare]
         })
     }
 
@@ -231,6 +283,20 @@ mod tests {
         assert!(m.size() > raw.len() + m.frame(Wire::V1).len(), "counts both encodings");
         let fresh = msg(Payload::Json(r#"{"a":1}"#.into()));
         assert_eq!(fresh.size(), m.size(), "the same before encoding");
+    }
+
+    #[test]
+    fn a_deflate_frame_is_compressed_once_and_small_messages_stay_plain() {
+        let m = msg(Payload::Json(format!("{{\"t\":\"{}\"}}", "abc".repeat(200)).into()));
+        let z = m.frame_for(Wire::V1Deflate, 256);
+        assert_eq!(z[0], 0xc1, "FIN, RSV1, text");
+        assert_eq!(z.as_ptr(), m.frame_for(Wire::V1Deflate, 256).as_ptr(), "one compression for every member");
+        assert!(z.len() < m.frame(Wire::V1).len() / 4);
+        let body = frame::payload_of(z);
+        assert_eq!(crate::proto::ws::deflate::inflate(body, 1 << 20).unwrap(), m.v1_json());
+        let small = msg(Payload::Json("1".into()));
+        assert_eq!(small.frame_for(Wire::RawDeflate, 256).as_ptr(), small.frame(Wire::Raw).as_ptr(), "plain");
+        assert_eq!(m.frame_for(Wire::V1, 256).as_ptr(), m.frame(Wire::V1).as_ptr());
     }
 
     #[test]

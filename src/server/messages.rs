@@ -30,6 +30,8 @@ pub struct Ctx<'a> {
     pub m: &'a LoopMetrics,
     pub now_ms: u32,
     pub history_size: usize,
+    /// Echoes under this size go uncompressed on deflate connections.
+    pub deflate_min: usize,
 }
 
 /// Append a text frame holding what `write` produces.
@@ -52,7 +54,11 @@ pub fn on_message(cx: &mut Ctx<'_>, key: usize, text: bool, data: &[u8]) -> Afte
     match cx.conns[key].route {
         Route::Echo => {
             let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
-            frame::write_frame(cx.wbuf, opcode, data);
+            if cx.conns[key].sess.deflate() && data.len() >= cx.deflate_min {
+                frame::write_compressed_frame(cx.wbuf, opcode, &crate::proto::ws::deflate::compress(data));
+            } else {
+                frame::write_frame(cx.wbuf, opcode, data);
+            }
             cx.m.messages_sent_total.inc();
             After::Continue
         }

@@ -56,6 +56,7 @@ metrics! {
     polls_waiting: "gauge", "Long polls (/poll) waiting for their room.";
     connections_accepted_total: "counter", "TCP connections accepted.";
     handshakes_total: "counter", "Opening handshakes completed (101 sent).";
+    deflate_handshakes_total: "counter", "Opening handshakes that negotiated permessage-deflate.";
     handshake_failures_total: "counter", "Connections that ended before a WebSocket handshake completed (rejected requests, timeouts, resets), not counting /healthz and /metrics.";
     http_requests_total: "counter", "Plain HTTP answers (health, metrics, API, errors to non-WebSocket requests).";
     messages_received_total: "counter", "WebSocket data messages received.";

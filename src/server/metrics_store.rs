@@ -2,6 +2,7 @@
 //! under a supervisor: in one `memfd` mapping that every worker maps, each writing only its own
 //! slots, so whichever worker the kernel hands a `/metrics` request to can answer for the whole
 //! server, and the supervisor can zero a dead worker's gauges and count restarts.
+#![allow(unsafe_code)] // the metric blocks live in a shared memory mapping (mmap)
 
 use std::io;
 use std::num::NonZeroUsize;

@@ -103,6 +103,10 @@ pub struct Config {
     pub transports: routes::Transports,
     /// Serve the demo chat page at `/` (`--no-demo` turns it off).
     pub demo: bool,
+    /// Negotiate permessage-deflate when a client offers it (`--deflate on|off`).
+    pub deflate: bool,
+    /// Messages smaller than this go uncompressed even to deflate connections.
+    pub deflate_min_size: usize,
 }
 
 /// Default `--max-publish-rate`: messages a second per connection (chat, collaboration and game
@@ -153,6 +157,8 @@ impl Default for Config {
             sse_ping_interval: Duration::from_secs(15),
             transports: routes::Transports::ALL,
             demo: true,
+            deflate: true,
+            deflate_min_size: 256,
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Rooms {
     local: LocalRooms,
     max_rooms: usize,
     publish_rate: u32,
+    /// Messages under this size go uncompressed to deflate members (`--deflate-min-size`).
+    deflate_min: usize,
     /// Long polls with an answer: the worker answers and ends them.
     woken: Vec<PollReady>,
 }
@@ -70,8 +72,8 @@ pub fn v1_frame(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
 }
 
 impl Rooms {
-    pub fn new(lp: LoopId, broker: Arc<dyn Broker>, max_rooms: usize, publish_rate: u32) -> Rooms {
-        Rooms { lp, broker, local: LocalRooms::default(), max_rooms, publish_rate, woken: Vec::new() }
+    pub fn new(lp: LoopId, broker: Arc<dyn Broker>, max_rooms: usize, publish_rate: u32, deflate_min: usize) -> Rooms {
+        Rooms { lp, broker, local: LocalRooms::default(), max_rooms, publish_rate, deflate_min, woken: Vec::new() }
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -191,6 +193,7 @@ impl Rooms {
             Route::Poll => Wire::Poll,
             _ => Wire::Raw,
         };
+        let wire = if c.sess.deflate() { wire.deflated() } else { wire };
         let Some(peer) = c.peer.as_mut() else { return };
         let since = peer.since(idx).cloned();
         peer.answered(idx);
@@ -200,11 +203,11 @@ impl Rooms {
         m.rooms.set(self.local.len() as u64);
         let name = self.local.get(idx).map(|r| r.name.clone()).unwrap_or_default();
         match wire {
-            Wire::V1 => {
+            Wire::V1 | Wire::V1Deflate => {
                 let reply = v1_frame(|o| v1::write_joined(o, j.id.as_deref(), &name, &j.epoch, j.top, j.recovered));
                 relay.send(key, c, &reply, m);
                 for msg in &j.replay {
-                    relay.send(key, c, msg.frame(Wire::V1), m);
+                    relay.send(key, c, msg.frame_for(wire, self.deflate_min), m);
                 }
             }
             Wire::Sse | Wire::SseOne => {
@@ -230,7 +233,7 @@ impl Rooms {
                 }
                 return; // parked until a message comes, or --poll-timeout
             }
-            Wire::Raw => return,
+            Wire::Raw | Wire::RawDeflate => return,
         }
         m.messages_sent_total.add(j.replay.len() as u64);
         m.messages_recovered_total.add(j.replay.len() as u64);
@@ -320,9 +323,18 @@ impl Rooms {
         let Some(idx) = self.local.by_id(room) else { return Vec::new() };
         let Some(r) = self.local.get(idx) else { return Vec::new() };
         let frame = v1_frame(|o| v1::write_room_error(o, None, &r.name, ErrorCode::Unavailable, message));
-        let others: Vec<usize> =
-            r.members.iter().filter(|mb| !matches!(mb.wire, Wire::V1 | Wire::Raw)).map(|mb| mb.key as usize).collect();
-        let keys: Vec<usize> = r.members.iter().filter(|mb| mb.wire == Wire::V1).map(|mb| mb.key as usize).collect();
+        let others: Vec<usize> = r
+            .members
+            .iter()
+            .filter(|mb| matches!(mb.wire, Wire::Sse | Wire::SseOne | Wire::Poll))
+            .map(|mb| mb.key as usize)
+            .collect();
+        let keys: Vec<usize> = r
+            .members
+            .iter()
+            .filter(|mb| matches!(mb.wire, Wire::V1 | Wire::V1Deflate))
+            .map(|mb| mb.key as usize)
+            .collect();
         for key in keys {
             let Some(si) = conns.get(key).and_then(|c| c.peer.as_ref()).and_then(|p| p.seat(idx)) else { continue };
             self.remove_seat(conns, key, si, false);
@@ -408,7 +420,7 @@ impl Rooms {
                 }
                 _ if c.sess.phase() != Phase::Open => continue,
                 Wire::Sse => self.send_sse(key, c, idx, Wire::Sse, msg, relay, m),
-                wire => relay.send(key, c, msg.frame(wire), m),
+                wire => relay.send(key, c, msg.frame_for(wire, self.deflate_min), m),
             }
             sent += 1;
         }
@@ -425,10 +437,15 @@ impl Rooms {
         ev: &PresenceEvent,
     ) {
         let Some(r) = self.local.by_id(room).and_then(|idx| self.local.get(idx)) else { return };
-        for member in r.members.iter().filter(|mb| mb.presence && mb.wire != Wire::Raw && mb.wire != Wire::Poll) {
+        for member in r.members.iter().filter(|mb| mb.presence) {
+            let frame = match member.wire {
+                Wire::V1 | Wire::V1Deflate => ev.frame(),
+                Wire::Sse | Wire::SseOne => ev.sse(),
+                Wire::Raw | Wire::RawDeflate | Wire::Poll => continue,
+            };
             let key = member.key as usize;
             if let Some(c) = conns.get_mut(key).filter(|c| c.sess.phase() == Phase::Open) {
-                relay.send(key, c, if member.wire == Wire::V1 { ev.frame() } else { ev.sse() }, m);
+                relay.send(key, c, frame, m);
                 m.presence_events_sent_total.inc();
             }
         }

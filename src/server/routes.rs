@@ -93,6 +93,8 @@ pub enum Decision {
         kind: WsKind,
         identity: Identity,
         protocol: Option<&'static str>,
+        /// permessage-deflate was offered in a form we take, and is on (`--deflate`).
+        deflate: bool,
     },
     Respond(Response),
     Api {
@@ -188,6 +190,8 @@ pub struct Ctx<'a> {
     pub max_rooms: usize,
     /// Serve the demo page at `/`.
     pub demo: bool,
+    /// Answer permessage-deflate offers (`--deflate on`).
+    pub deflate: bool,
 }
 
 /// Connections that may only ask for `/healthz` and `/metrics`.
@@ -578,7 +582,8 @@ fn websocket(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Decision {
             return refuse(403, Vec::new(), format!("this token may not join room {room:?}"));
         }
     }
-    Decision::Upgrade { accept, kind, identity, protocol: v1.then_some(v1::SUBPROTOCOL) }
+    let deflate = ctx.deflate && crate::proto::ws::deflate::accepts(req.ws_extensions.iter().flatten().copied());
+    Decision::Upgrade { accept, kind, identity, protocol: v1.then_some(v1::SUBPROTOCOL), deflate }
 }
 
 /// The `room` query parameter, percent-decoded (`+` is a space), a valid room name.
@@ -689,8 +694,7 @@ fn api(req: &Request<'_>, body: &Body<'_>, ctx: &mut Ctx<'_>, close: bool) -> De
 
 /// Percent-decode a path segment (`+` stays `+` in paths).
 fn path_decode(s: &str) -> Option<String> {
-    let escaped = s.replace('+', "%2B");
-    String::from_utf8(crate::proto::http::percent_decode(escaped.as_bytes())?).ok()
+    String::from_utf8(crate::proto::http::percent_decode_path(s.as_bytes())?).ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -716,6 +720,7 @@ mod tests {
             transports: Transports::ALL,
             max_rooms: 3,
             demo: true,
+            deflate: true,
         };
         match parse(head.as_bytes(), Limits { max_head: 16 * 1024, max_body: 1 << 20 }) {
             Parsed::Complete { req, body, .. } => route(&req, &body, &mut ctx),
@@ -749,7 +754,7 @@ mod tests {
         assert_eq!(status(&decide("POST /healthz HTTP/1.1\r\n\r\n")), 405);
         assert_eq!(status(&decide("GET /nope HTTP/1.1\r\n\r\n")), 404);
         match decide(&ws("/echo", "")) {
-            Decision::Upgrade { accept, kind: WsKind::Echo, protocol: None, identity } => {
+            Decision::Upgrade { accept, kind: WsKind::Echo, protocol: None, identity, deflate: false } => {
                 assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
                 assert_eq!(&*identity.user, "anon-1");
             }

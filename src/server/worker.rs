@@ -139,7 +139,13 @@ impl Worker {
             rbuf: vec![0; READ_BUF].into_boxed_slice(),
             wbuf: Vec::with_capacity(READ_BUF),
             cbuf: Vec::with_capacity(256),
-            rooms: Rooms::new(id, shared.broker.clone(), cfg.max_rooms_per_conn, cfg.max_publish_rate),
+            rooms: Rooms::new(
+                id,
+                shared.broker.clone(),
+                cfg.max_rooms_per_conn,
+                cfg.max_publish_rate,
+                cfg.deflate_min_size,
+            ),
             relay: Relay::new(cfg.max_backlog),
             mailbox,
             inbox: Vec::new(),
@@ -715,6 +721,7 @@ impl Worker {
                             transports: self.shared.cfg.transports,
                             max_rooms: self.shared.cfg.max_rooms_per_conn,
                             demo: self.shared.cfg.demo,
+                            deflate: self.shared.cfg.deflate,
                         };
                         (routes::route(&req, &body, &mut ctx), len)
                     }
@@ -739,7 +746,8 @@ impl Worker {
                 }
             }
             match decision {
-                Decision::Upgrade { accept, kind, identity, protocol } => {
+                Decision::Upgrade { accept, kind, identity, protocol, deflate } => {
+                    self.conns[key].sess.set_deflate(deflate);
                     self.upgrade(key, &accept, kind, identity, protocol);
                     // Frames the client sent right behind its request.
                     let rest: &mut [u8] = if from_stash { &mut held[off..] } else { &mut data[off..] };
@@ -812,7 +820,11 @@ impl Worker {
 
     /// Send the 101 and start the WebSocket session.
     fn open_ws(&mut self, key: usize, accept: &str, protocol: Option<&str>) {
-        handshake::write_switching_protocols(&mut self.wbuf, accept, protocol);
+        let ext = self.conns[key].sess.deflate().then_some(crate::proto::ws::deflate::RESPONSE);
+        if ext.is_some() {
+            self.m().deflate_handshakes_total.inc();
+        }
+        handshake::write_switching_protocols_with(&mut self.wbuf, accept, protocol, ext);
         let now = self.now32();
         let arm = self.conns[key].sess.open(now, &self.scfg);
         self.m().handshakes_total.inc();
@@ -1107,6 +1119,7 @@ impl Worker {
                         m,
                         now_ms,
                         history_size: self.shared.cfg.history_size,
+                        deflate_min: self.shared.cfg.deflate_min_size,
                     };
                     if let After::Close(code, reason) = messages::on_message(&mut cx, key, text, &data) {
                         self.flush_wbuf(key);

@@ -125,6 +125,10 @@ pub struct RawWs {
     dec: Decoder,
     buf: Vec<u8>,
     queue: std::collections::VecDeque<Msg>,
+    /// permessage-deflate was negotiated: compressed messages are inflated on receipt.
+    pub deflate: bool,
+    /// Messages that arrived compressed (RSV1).
+    pub compressed: u64,
 }
 
 pub fn tcp(addr: SocketAddr) -> TcpStream {
@@ -170,18 +174,45 @@ impl RawWs {
         Self::handshake(stream, addr, target, None)
     }
 
-    fn handshake(mut stream: TcpStream, addr: SocketAddr, target: &str, protocol: Option<&str>) -> RawWs {
+    fn handshake(stream: TcpStream, addr: SocketAddr, target: &str, protocol: Option<&str>) -> RawWs {
+        Self::handshake_offering(stream, addr, target, protocol, None)
+    }
+
+    /// Connect to `target` offering `Sec-WebSocket-Extensions: offer`; `deflate` on the result
+    /// says whether the server took permessage-deflate (answered in its 101).
+    pub fn offering(addr: SocketAddr, target: &str, protocol: Option<&str>, offer: &str) -> RawWs {
+        Self::handshake_offering(tcp(addr), addr, target, protocol, Some(offer))
+    }
+
+    fn handshake_offering(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        protocol: Option<&str>,
+        offer: Option<&str>,
+    ) -> RawWs {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let (req, key) = upgrade_request_with(addr, target, protocol);
+        let (mut req, key) = upgrade_request_with(addr, target, protocol);
+        if let Some(o) = offer {
+            req.truncate(req.len() - 2); // before the blank line
+            req.extend_from_slice(format!("Sec-WebSocket-Extensions: {o}\r\n\r\n").as_bytes());
+        }
         stream.write_all(&req).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
             match handshake::parse_response(&buf, &key) {
-                ParsedResponse::Complete { status: 101, accept_ok: true, len, protocol: chosen } => {
+                ParsedResponse::Complete { status: 101, accept_ok: true, len, protocol: chosen, deflate } => {
                     assert_eq!(chosen.as_deref(), protocol, "the server's Sec-WebSocket-Protocol");
                     buf.drain(..len);
-                    break;
+                    return RawWs {
+                        stream,
+                        dec: Decoder::default(),
+                        buf,
+                        queue: Default::default(),
+                        deflate,
+                        compressed: 0,
+                    };
                 }
                 ParsedResponse::Partial => {}
                 other => panic!("handshake to {target} failed: {other:?}: {}", String::from_utf8_lossy(&buf)),
@@ -190,7 +221,6 @@ impl RawWs {
             assert!(n > 0, "EOF during the handshake");
             buf.extend_from_slice(&chunk[..n]);
         }
-        RawWs { stream, dec: Decoder::default(), buf, queue: Default::default() }
     }
 
     /// Take over a stream whose upgrade request was just sent: read the 101, then frames.
@@ -201,7 +231,14 @@ impl RawWs {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 assert!(buf.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&buf));
                 buf.drain(..end + 4);
-                return RawWs { stream, dec: Decoder::default(), buf, queue: Default::default() };
+                return RawWs {
+                    stream,
+                    dec: Decoder::default(),
+                    buf,
+                    queue: Default::default(),
+                    deflate: false,
+                    compressed: 0,
+                };
             }
             let n = stream.read(&mut chunk).expect("reading the 101");
             assert!(n > 0, "EOF during the handshake");
@@ -212,6 +249,15 @@ impl RawWs {
     pub fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         let mut out = Vec::new();
         frame::write_masked_frame(&mut out, opcode, payload, c100k::proto::ws::mask::random_key());
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// Send a message compressed with permessage-deflate (RSV1 set on its one frame).
+    pub fn send_compressed(&mut self, opcode: OpCode, payload: &[u8]) {
+        let z = c100k::proto::ws::deflate::compress(payload);
+        let mut out = Vec::new();
+        frame::write_masked_frame(&mut out, opcode, &z, c100k::proto::ws::mask::random_key());
+        out[0] |= 0x40; // RSV1
         self.stream.write_all(&out).unwrap();
     }
 
@@ -244,9 +290,18 @@ impl RawWs {
             if !self.buf.is_empty() {
                 let mut data = std::mem::take(&mut self.buf);
                 let mut rest: &mut [u8] = &mut data;
-                let cfg = DecodeConfig { role: Role::Client, max_message: 64 << 20 };
+                let cfg = DecodeConfig { role: Role::Client, max_message: 64 << 20, deflate: self.deflate };
                 while let Some(f) = self.dec.decode(&mut rest, &cfg).expect("server sent a valid frame") {
                     self.queue.push_back(match f {
+                        Frame::Compressed { text, payload } => {
+                            self.compressed += 1;
+                            let data = c100k::proto::ws::deflate::inflate(&payload, 64 << 20).expect("valid deflate");
+                            if text {
+                                Msg::Text(String::from_utf8(data).expect("UTF-8"))
+                            } else {
+                                Msg::Binary(data)
+                            }
+                        }
                         Frame::Text(p) => Msg::Text(String::from_utf8(p.to_vec()).unwrap()),
                         Frame::Binary(p) => Msg::Binary(p.to_vec()),
                         Frame::Ping(p) => Msg::Ping(p.to_vec()),

@@ -171,7 +171,7 @@ fn serve(mut s: TcpStream, id: u64, fault: Fault, counts: Arc<Counts>, members: 
     }
     s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let mut dec = Decoder::default();
-    let cfg = DecodeConfig { role: Role::Server, max_message: 1 << 20 };
+    let cfg = DecodeConfig { role: Role::Server, max_message: 1 << 20, deflate: false };
     let start = Instant::now();
     let mut next_stall = Duration::ZERO;
     loop {
@@ -195,6 +195,7 @@ fn serve(mut s: TcpStream, id: u64, fault: Fault, counts: Arc<Counts>, members: 
                     }
                     _ => relay_to_others(&me, &p, fault, &counts, &members),
                 },
+                Frame::Compressed { .. } => return, // never negotiated here
                 Frame::Ping(p) => {
                     let mut out = Vec::new();
                     frame::write_frame(&mut out, OpCode::Control(Control::Pong), &p);

@@ -50,6 +50,12 @@ pub enum Frame<'a> {
     Pong(Payload<'a>),
     /// The raw close payload (validated by the caller, which decides the reply).
     Close(Payload<'a>),
+    /// A whole permessage-deflate message (RSV1 on its first frame), still compressed: the caller
+    /// inflates it with its limit, then checks a text message's UTF-8.
+    Compressed {
+        text: bool,
+        payload: Payload<'a>,
+    },
 }
 
 /// Decoder limits and role.
@@ -58,6 +64,8 @@ pub struct DecodeConfig {
     pub role: Role,
     /// Largest message (sum of its fragments) accepted; larger ones fail with 1009.
     pub max_message: usize,
+    /// permessage-deflate was negotiated: RSV1 on a message's first frame marks it compressed.
+    pub deflate: bool,
 }
 
 /// Decoder state. `None` between messages: an idle connection costs one pointer here.
@@ -94,9 +102,14 @@ struct Run {
 #[derive(Debug)]
 struct Message {
     text: bool,
+    /// Compressed (permessage-deflate): UTF-8 is checked once inflated, not here.
+    compressed: bool,
     data: Vec<u8>,
     utf8: Utf8Stream,
 }
+
+/// RSV1 in [`Header::rsv`] (RSV1..3 as the low three bits).
+const RSV1: u8 = 4;
 
 /// Initial capacity for a message assembled over reads; a peer announcing a huge frame must send
 /// the bytes before we spend the memory.
@@ -203,6 +216,7 @@ impl Decoder {
                     _ => {
                         let m = p.msg.get_or_insert_with(|| Message {
                             text: h.opcode == OpCode::Data(Data::Text),
+                            compressed: h.rsv & RSV1 != 0,
                             data: Vec::with_capacity(len.min(INITIAL_ASSEMBLY)),
                             utf8: Utf8Stream::default(),
                         });
@@ -286,8 +300,13 @@ impl Decoder {
     /// RFC 6455 §5.2–§5.5 header rules, plus the message size limit (checked before any payload
     /// is buffered).
     fn check_header(&self, h: &Header, cfg: &DecodeConfig) -> Result<(), ProtoError> {
-        if h.rsv != 0 {
+        let rsv1 = h.rsv & RSV1 != 0;
+        if h.rsv & !RSV1 != 0 || (rsv1 && !cfg.deflate) {
             return Err(ProtoError::protocol("reserved bits set without a negotiated extension"));
+        }
+        if rsv1 && matches!(h.opcode, OpCode::Control(_) | OpCode::Data(Data::Continue)) {
+            // RFC 7692 §6.1: only a message's first frame says it is compressed.
+            return Err(ProtoError::protocol("RSV1 on a control or continuation frame"));
         }
         match (cfg.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtoError::protocol("client frame is not masked")),
@@ -340,15 +359,19 @@ impl Decoder {
             }
             OpCode::Data(d) => {
                 let text = d == Data::Text;
+                let compressed = h.rsv & RSV1 != 0;
                 if h.fin {
+                    let p = Payload::Borrowed(payload);
+                    if compressed {
+                        return Ok(Some(Frame::Compressed { text, payload: p }));
+                    }
                     if text && std::str::from_utf8(payload).is_err() {
                         return Err(invalid_utf8());
                     }
-                    let p = Payload::Borrowed(payload);
                     return Ok(Some(if text { Frame::Text(p) } else { Frame::Binary(p) }));
                 }
-                let mut m = Message { text, data: payload.to_vec(), utf8: Utf8Stream::default() };
-                if text {
+                let mut m = Message { text, compressed, data: payload.to_vec(), utf8: Utf8Stream::default() };
+                if text && !compressed {
                     m.utf8.feed(payload).map_err(|_| invalid_utf8())?;
                 }
                 self.st.get_or_insert_with(Box::default).msg = Some(m);
@@ -386,7 +409,7 @@ fn take<'a>(rest: &mut &'a mut [u8], n: usize) -> &'a mut [u8] {
 }
 
 fn append(m: &mut Message, chunk: &[u8]) -> Result<(), ProtoError> {
-    if m.text {
+    if m.text && !m.compressed {
         m.utf8.feed(chunk).map_err(|_| invalid_utf8())?;
     }
     m.data.extend_from_slice(chunk);
@@ -395,7 +418,9 @@ fn append(m: &mut Message, chunk: &[u8]) -> Result<(), ProtoError> {
 
 fn finish_message<'a>(m: Option<Message>) -> Result<Frame<'a>, ProtoError> {
     let m = m.expect("a finished frame belongs to a message");
-    if m.text {
+    if m.compressed {
+        Ok(Frame::Compressed { text: m.text, payload: Payload::Owned(m.data) })
+    } else if m.text {
         m.utf8.finish().map_err(|_| invalid_utf8())?;
         Ok(Frame::Text(Payload::Owned(m.data)))
     } else {
@@ -434,7 +459,7 @@ mod tests {
     use super::*;
     use crate::proto::ws::frame::{write_header, Control, Data};
 
-    const SERVER: DecodeConfig = DecodeConfig { role: Role::Server, max_message: 1 << 16 };
+    const SERVER: DecodeConfig = DecodeConfig { role: Role::Server, max_message: 1 << 16, deflate: false };
 
     /// A client frame: masked, with explicit FIN/opcode bits.
     fn cf(first: u8, payload: &[u8]) -> Vec<u8> {
@@ -456,6 +481,7 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Vec<u8>),
+        Compressed(bool, Vec<u8>),
         Err(u16),
     }
 
@@ -466,6 +492,7 @@ mod tests {
             Frame::Ping(p) => Ev::Ping(p.to_vec()),
             Frame::Pong(p) => Ev::Pong(p.to_vec()),
             Frame::Close(p) => Ev::Close(p.to_vec()),
+            Frame::Compressed { text, payload } => Ev::Compressed(text, payload.to_vec()),
         }
     }
 
@@ -551,6 +578,28 @@ mod tests {
         assert!(rest.is_empty());
     }
 
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_with_deflate_and_only_on_its_first_frame() {
+        let z = DecodeConfig { deflate: true, ..SERVER };
+        for chunk in [usize::MAX, 1, 3] {
+            let (evs, d) = run(&cf(0xc1, b"\xff\xfe"), &z, &[chunk]);
+            assert_eq!(evs, vec![Ev::Compressed(true, b"\xff\xfe".to_vec())], "UTF-8 is checked after inflating");
+            assert!(d.is_idle());
+            let mut two = cf(0x41, b"ab");
+            two.extend(cf(0x80, b"cd"));
+            let (evs, _) = run(&two, &z, &[chunk]);
+            assert_eq!(evs, vec![Ev::Compressed(true, b"abcd".to_vec())], "fragmented");
+        }
+        let (evs, _) = run(&cf(0xc2, b"\x00"), &z, &[usize::MAX]);
+        assert_eq!(evs, vec![Ev::Compressed(false, b"\x00".to_vec())]);
+        let mut cont = cf(0x01, b"a");
+        cont.extend(cf(0xc0, b"b"));
+        assert_eq!(first_error(&cont, &z), Some(1002), "RSV1 on a continuation");
+        assert_eq!(first_error(&cf(0xc9, b""), &z), Some(1002), "RSV1 on a ping");
+        assert_eq!(first_error(&cf(0xa1, b"x"), &z), Some(1002), "RSV2 is never ours");
+        assert_eq!(first_error(&cf(0xc1, b"x"), &SERVER), Some(1002), "RSV1 without deflate");
+    }
+
     fn first_error(input: &[u8], cfg: &DecodeConfig) -> Option<u16> {
         for chunk in [usize::MAX, 1] {
             let (evs, _) = run(input, cfg, &[chunk]);
@@ -604,7 +653,7 @@ mod tests {
 
     #[test]
     fn client_role_rejects_masked_frames() {
-        let client = DecodeConfig { role: Role::Client, max_message: 1024 };
+        let client = DecodeConfig { role: Role::Client, max_message: 1024, deflate: false };
         assert_eq!(first_error(&cf(0x81, b"x"), &client), Some(1002));
         let mut plain = Vec::new();
         crate::proto::ws::frame::write_frame(&mut plain, OpCode::Control(Control::Pong), b"p");

@@ -98,6 +98,14 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Append a whole unmasked (server) frame carrying a permessage-deflate payload (RSV1 set).
+pub fn write_compressed_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    out.reserve(payload.len() + 10);
+    let header = FrameHeader { is_final: true, rsv1: true, rsv2: false, rsv3: false, opcode, mask: None };
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
 /// The payload of an unmasked frame built by [`write_frame`] (skips its header).
 pub fn payload_of(frame: &[u8]) -> &[u8] {
     let header = match frame.get(1).map(|b| b & 0x7f) {

@@ -63,6 +63,16 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 
 /// Append the 101 response that completes the handshake, naming the chosen subprotocol if any.
 pub fn write_switching_protocols(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>) {
+    write_switching_protocols_with(out, accept, protocol, None);
+}
+
+/// The same, answering an extension too (`Sec-WebSocket-Extensions`, e.g. permessage-deflate).
+pub fn write_switching_protocols_with(
+    out: &mut Vec<u8>,
+    accept: &str,
+    protocol: Option<&str>,
+    extension: Option<&str>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -70,6 +80,10 @@ pub fn write_switching_protocols(out: &mut Vec<u8>, accept: &str, protocol: Opti
     if let Some(p) = protocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
+    }
+    if let Some(e) = extension {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(e.as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
 }
@@ -99,12 +113,14 @@ pub fn write_client_request(out: &mut Vec<u8>, host: &str, path_and_query: &str,
 pub enum ParsedResponse {
     Partial,
     /// `len` bytes of head; `accept_ok` says whether `Sec-WebSocket-Accept` matched the key;
-    /// `protocol` is the `Sec-WebSocket-Protocol` the server chose, if any.
+    /// `protocol` is the `Sec-WebSocket-Protocol` the server chose, if any; `deflate`: it
+    /// answered permessage-deflate.
     Complete {
         status: u16,
         accept_ok: bool,
         protocol: Option<String>,
         len: usize,
+        deflate: bool,
     },
     Malformed,
 }
@@ -121,7 +137,8 @@ pub fn parse_response(buf: &[u8], key: &str) -> ParsedResponse {
                 |name: &str| r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| trim(h.value));
             let accept_ok = header("sec-websocket-accept") == Some(expected.as_bytes());
             let protocol = header("sec-websocket-protocol").map(|v| String::from_utf8_lossy(v).into_owned());
-            ParsedResponse::Complete { status: r.code.unwrap_or(0), accept_ok, protocol, len }
+            let deflate = header("sec-websocket-extensions").is_some_and(|v| v.starts_with(b"permessage-deflate"));
+            ParsedResponse::Complete { status: r.code.unwrap_or(0), accept_ok, protocol, len, deflate }
         }
         Err(_) => ParsedResponse::Malformed,
     }
@@ -200,7 +217,8 @@ mod tests {
                 status: 101,
                 accept_ok: true,
                 protocol: Some("c100k.v1".into()),
-                len: resp.len()
+                len: resp.len(),
+                deflate: false
             }
         );
         assert!(matches!(

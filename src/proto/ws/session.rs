@@ -8,7 +8,7 @@
 
 use super::decoder::{DecodeConfig, Decoder, Frame, Payload, ProtoError};
 use super::frame::{self, codes, CloseInfo, Control, OpCode, Role};
-use super::mask;
+use super::{deflate, mask};
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,8 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    fn decode(&self) -> DecodeConfig {
-        DecodeConfig { role: self.role, max_message: self.max_message }
+    fn decode(&self, deflate: bool) -> DecodeConfig {
+        DecodeConfig { role: self.role, max_message: self.max_message, deflate }
     }
 }
 
@@ -112,12 +112,21 @@ pub struct Session {
     mark: u32,
     phase: Phase,
     ping_out: bool,
+    /// permessage-deflate was negotiated (fits the padding: the session stays 24 bytes).
+    deflate: bool,
 }
 
 impl Session {
     /// A server session waiting for the request head.
     pub fn new_handshake(now: u32) -> Self {
-        Session { dec: Decoder::default(), last_rx: now, mark: now, phase: Phase::Handshake, ping_out: false }
+        Session {
+            dec: Decoder::default(),
+            last_rx: now,
+            mark: now,
+            phase: Phase::Handshake,
+            ping_out: false,
+            deflate: false,
+        }
     }
 
     /// A session whose handshake is already done (the client side after a 101).
@@ -127,6 +136,16 @@ impl Session {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Speak permessage-deflate (negotiated in the handshake): compressed messages are inflated
+    /// by this thread's decompressor, within the message size limit.
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
+    }
+
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// True when no heap memory is held for incomplete input.
@@ -246,7 +265,7 @@ impl Session {
             *rest = &mut [];
             return None;
         }
-        let dcfg = cfg.decode();
+        let dcfg = cfg.decode(self.deflate);
         loop {
             let was_idle = self.dec.is_idle();
             let frame = match self.dec.decode(rest, &dcfg) {
@@ -267,6 +286,13 @@ impl Session {
             match frame {
                 Frame::Text(data) if open => return Some(Event::Message { text: true, data }),
                 Frame::Binary(data) if open => return Some(Event::Message { text: false, data }),
+                Frame::Compressed { text, payload } if open => match inflate_message(text, &payload, cfg.max_message) {
+                    Ok(data) => return Some(Event::Message { text, data: Payload::Owned(data) }),
+                    Err(e) => {
+                        *rest = &mut [];
+                        return Some(self.fail(e, now, out, cfg.role));
+                    }
+                },
                 Frame::Ping(p) if open => write_control(out, cfg.role, Control::Pong, &p),
                 Frame::Close(p) => return Some(self.on_close(&p, now, out, cfg.role)),
                 // Pongs only prove liveness (last_rx); data after our close frame is dropped.
@@ -376,6 +402,19 @@ impl Session {
     }
 }
 
+/// A permessage-deflate message inflated within the size limit (1009 past it, 1007 for a bad
+/// stream or a text message that is not UTF-8 once inflated).
+fn inflate_message(text: bool, payload: &[u8], max: usize) -> Result<Vec<u8>, ProtoError> {
+    let data = deflate::inflate(payload, max).map_err(|e| match e {
+        deflate::InflateError::TooBig => ProtoError { code: codes::TOO_BIG, reason: "message too big once inflated" },
+        deflate::InflateError::Invalid => ProtoError { code: codes::INVALID_PAYLOAD, reason: "invalid deflate data" },
+    })?;
+    if text && std::str::from_utf8(&data).is_err() {
+        return Err(ProtoError { code: codes::INVALID_PAYLOAD, reason: "text message is not UTF-8" });
+    }
+    Ok(data)
+}
+
 /// `a` is at or after `b` on the wrapping tick clock.
 fn after_or_at(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
@@ -421,7 +460,7 @@ mod tests {
         let mut d = Decoder::default();
         let mut data = out.to_vec();
         let mut rest: &mut [u8] = &mut data;
-        let cfg = DecodeConfig { role: Role::Client, max_message: 1 << 20 };
+        let cfg = DecodeConfig { role: Role::Client, max_message: 1 << 20, deflate: false };
         let mut v = Vec::new();
         while let Some(f) = d.decode(&mut rest, &cfg).unwrap() {
             v.push(match f {
@@ -430,6 +469,7 @@ mod tests {
                 Frame::Ping(p) => (OpCode::Control(Control::Ping), p.to_vec()),
                 Frame::Pong(p) => (OpCode::Control(Control::Pong), p.to_vec()),
                 Frame::Close(p) => (OpCode::Control(Control::Close), p.to_vec()),
+                Frame::Compressed { .. } => panic!("no deflate here"),
             });
         }
         v

@@ -1,0 +1,149 @@
+//! The fuzz targets' bodies: every parser that reads peer bytes, driven through its normal code
+//! path. `fuzz/fuzz_targets/*` (cargo fuzz, libFuzzer) call these, and `tests/fuzz_corpus.rs`
+//! replays the committed corpora through them, so a crash found once stays a regression test.
+//!
+//! Each function must not panic for any input; where a parser has an inverse (SSE ids), the
+//! round trip is checked too.
+
+use crate::auth::Auth;
+use crate::proto::http::{self, Limits, Parsed};
+use crate::proto::sse;
+use crate::proto::v1;
+use crate::proto::ws::frame::Role;
+use crate::proto::ws::handshake;
+use crate::proto::ws::session::{Event, Session, SessionConfig};
+use crate::server::routes::{self, Ctx, Restrict, Transports};
+
+/// A server that requires tokens and checks origins, so routing reaches token and origin code.
+fn auth() -> &'static Auth {
+    static AUTH: std::sync::OnceLock<Auth> = std::sync::OnceLock::new();
+    AUTH.get_or_init(|| Auth::new(Some(b"fuzz-secret"), Some(&["https://ok.example".into()])).expect("valid"))
+}
+
+/// HTTP/1.1 requests, pipelined: each complete one is routed (WebSocket upgrades, SSE, polls,
+/// POSTs, the API), then the next is parsed from what follows.
+pub fn http_request(data: &[u8]) {
+    let limits = Limits { max_head: 16 * 1024, max_body: 64 * 1024 };
+    let mut rest = data;
+    let mut n = 0u64;
+    let mut fallback = || {
+        n += 1;
+        format!("anon-{n}")
+    };
+    for restrict in [Restrict::None, Restrict::Full] {
+        rest = data;
+        while !rest.is_empty() {
+            match http::parse(rest, limits) {
+                Parsed::Complete { req, body, len } => {
+                    let mut ctx = Ctx {
+                        auth: auth(),
+                        api_key: Some("fuzz-key"),
+                        fallback_user: &mut fallback,
+                        restrict,
+                        transports: Transports::ALL,
+                        max_rooms: 4,
+                        demo: true,
+                        deflate: true,
+                    };
+                    let d = routes::route(&req, &body, &mut ctx);
+                    let _ = (d.is_handshake_failure(), d.refused());
+                    if len == 0 {
+                        return; // never: a complete request has a head
+                    }
+                    rest = &rest[len..];
+                }
+                Parsed::Partial { .. } | Parsed::Error(_) => break,
+            }
+        }
+    }
+    let _ = rest;
+}
+
+/// WebSocket frames from a client, cut into chunks the way reads would: the first byte picks
+/// the chunk sizes. Messages go through the v1 command parser, as on `/ws` with `c100k.v1`.
+pub fn ws_session(data: &[u8]) {
+    let Some((&seed, input)) = data.split_first() else { return };
+    let cfg = SessionConfig {
+        role: Role::Server,
+        max_message: 4096,
+        ping_interval: 10,
+        pong_timeout: 5,
+        handshake_timeout: 10,
+        close_timeout: 5,
+        message_timeout: 20,
+    };
+    let mut sess = Session::new_handshake(0);
+    let _ = sess.open(0, &cfg);
+    // Half the seeds speak permessage-deflate: compressed messages are inflated too.
+    sess.set_deflate(seed & 0x80 != 0);
+    let mut out = Vec::new();
+    let mut off = 0;
+    let mut tick = 0u32;
+    let step = usize::from(seed & 0x7f) % 17 + 1;
+    while off < input.len() {
+        // Chunk sizes vary around `step` (1 byte at a time for seed 0).
+        let len = (step + off % 3).min(input.len() - off);
+        let mut chunk = input[off..off + len].to_vec();
+        off += len;
+        tick = tick.wrapping_add(1);
+        let mut rest: &mut [u8] = &mut chunk;
+        loop {
+            match sess.feed(&mut rest, tick, &mut out, &cfg) {
+                None => break,
+                Some(Event::Message { text, data }) => {
+                    if text {
+                        if let Ok(s) = std::str::from_utf8(&data) {
+                            let _ = v1::parse(s);
+                        }
+                    }
+                }
+                Some(Event::Finish(_)) => return,
+            }
+        }
+        let _ = sess.on_timer(tick, &mut out, &cfg);
+        out.clear();
+    }
+}
+
+/// v1 commands as text.
+pub fn v1_command(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok((id, cmd)) = v1::parse(s) {
+            let _ = (id.map(|i| i.get().len()), cmd.room().len());
+        }
+    }
+}
+
+/// SSE stream positions (`Last-Event-ID`) and `EPOCH:SEQ` positions; a parsed id written back
+/// parses to the same positions.
+pub fn sse_position(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    let _ = v1::Position::parse(s);
+    if let Some(positions) = sse::parse_id(s) {
+        let id = sse::format_id(positions.iter().map(|(r, p)| (r.as_str(), p.epoch.as_str(), p.seq)));
+        let again = sse::parse_id(&id).expect("an id we wrote parses");
+        assert_eq!(again, positions, "round trip of {s:?} through {id:?}");
+    }
+    let mut ev = Vec::new();
+    sse::write_event(&mut ev, None, "msg", data);
+    assert!(ev.ends_with(b"\n\n") && !ev[..ev.len() - 2].windows(2).any(|w| w == b"\n\n"), "one event");
+}
+
+/// What a WebSocket client reads first: the server's response to its upgrade request.
+pub fn client_response(data: &[u8]) {
+    match handshake::parse_response(data, "dGhlIHNhbXBsZSBub25jZQ==") {
+        handshake::ParsedResponse::Complete { len, .. } => assert!(len <= data.len()),
+        handshake::ParsedResponse::Partial | handshake::ParsedResponse::Malformed => {}
+    }
+}
+
+/// permessage-deflate: arbitrary compressed input inflates or fails cleanly within the limit, and
+/// whatever we compress inflates back to itself.
+pub fn deflate(data: &[u8]) {
+    use crate::proto::ws::deflate::{compress, inflate, InflateError};
+    match inflate(data, 64 * 1024) {
+        Ok(out) => assert!(out.len() <= 64 * 1024),
+        Err(InflateError::TooBig | InflateError::Invalid) => {}
+    }
+    assert_eq!(inflate(&compress(data), data.len().max(1)).as_deref(), Ok(data), "round trip");
+}
