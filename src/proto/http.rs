@@ -165,8 +165,6 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    let mut protocols = 0;
-    let mut extensions = 0;
     for h in r.headers.iter() {
         let (name, value) = (h.name, trim(h.value));
         let res = if name.eq_ignore_ascii_case("host") {
@@ -184,21 +182,9 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             set_once(&mut req.ws_key, value, "repeated Sec-WebSocket-Key header")
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            if protocols == req.ws_protocols.len() {
-                Err(err(400, "too many Sec-WebSocket-Protocol headers"))
-            } else {
-                req.ws_protocols[protocols] = Some(value);
-                protocols += 1;
-                Ok(())
-            }
+            push_value(&mut req.ws_protocols, value, "too many Sec-WebSocket-Protocol headers")
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            if extensions == req.ws_extensions.len() {
-                Err(err(400, "too many Sec-WebSocket-Extensions headers"))
-            } else {
-                req.ws_extensions[extensions] = Some(value);
-                extensions += 1;
-                Ok(())
-            }
+            push_value(&mut req.ws_extensions, value, "too many Sec-WebSocket-Extensions headers")
         } else if name.eq_ignore_ascii_case("origin") {
             set_once(&mut req.origin, value, "repeated Origin header")
         } else if name.eq_ignore_ascii_case("authorization") {
@@ -286,6 +272,17 @@ fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
 }
 
 /// Headers that may appear only once: a second one is a 400.
+/// Keep one more value of a header that may repeat (up to the slots there are).
+fn push_value<'b>(slots: &mut [Option<&'b [u8]>], value: &'b [u8], what: &'static str) -> Result<(), HttpError> {
+    match slots.iter_mut().find(|s| s.is_none()) {
+        Some(slot) => {
+            *slot = Some(value);
+            Ok(())
+        }
+        None => Err(err(400, what)),
+    }
+}
+
 fn set_once<'b>(slot: &mut Option<&'b [u8]>, value: &'b [u8], what: &'static str) -> Result<(), HttpError> {
     if slot.replace(value).is_some() {
         return Err(err(400, what));
