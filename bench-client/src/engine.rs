@@ -499,9 +499,7 @@ impl Engine {
             }
         };
         self.wbuf.clear();
-        // An idle stream still asks for an event stream, with no position.
-        let last_id = last_id.or_else(|| (transport == Transport::Sse).then(String::new));
-        hm::request(&mut self.wbuf, &target.host, &path, last_id.as_deref().filter(|_| transport == Transport::Sse));
+        hm::request(&mut self.wbuf, &target.host, &path, transport == Transport::Sse, last_id.as_deref());
         self.send_wbuf(key);
     }
 

@@ -62,12 +62,16 @@ fn encode(s: &str) -> Cow<'_, str> {
     Cow::Owned(o)
 }
 
-/// `GET target`, asking for an event stream (with `Last-Event-ID` when resuming) or a JSON answer.
-pub fn request(out: &mut Vec<u8>, host: &str, target: &str, last_event_id: Option<&str>) {
+/// `GET target`, asking for an event stream (`sse`, with `Last-Event-ID` when resuming) or a
+/// JSON answer.
+pub fn request(out: &mut Vec<u8>, host: &str, target: &str, sse: bool, last_event_id: Option<&str>) {
     use std::io::Write;
     let _ = write!(out, "GET {target} HTTP/1.1\r\nHost: {host}\r\n");
+    if sse {
+        out.extend_from_slice(b"Accept: text/event-stream\r\n");
+    }
     if let Some(id) = last_event_id {
-        let _ = write!(out, "Accept: text/event-stream\r\nLast-Event-ID: {id}\r\n");
+        let _ = write!(out, "Last-Event-ID: {id}\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -160,7 +164,7 @@ mod tests {
         assert_eq!(member_target("/ws?room={room}&user=u1", "/sse", "7", None), "/sse?room=7&user=u1");
         assert_eq!(member_target("/ws", "/poll", "a b", Some("e1:5")), "/poll?room=a%20b&since=e1%3A5");
         let mut o = Vec::new();
-        request(&mut o, "h:1", "/sse?room=7", Some("7:e:3"));
+        request(&mut o, "h:1", "/sse?room=7", true, Some("7:e:3"));
         assert_eq!(
             String::from_utf8(o).unwrap(),
             "GET /sse?room=7 HTTP/1.1\r\nHost: h:1\r\nAccept: text/event-stream\r\nLast-Event-ID: 7:e:3\r\n\r\n"
