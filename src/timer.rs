@@ -56,10 +56,13 @@ impl Wheel {
         self.mask as u32
     }
 
-    /// Fire `entry` `delay` ticks after the current tick (at least 1, at most the horizon).
-    pub fn schedule(&mut self, delay: u32, entry: Entry) {
-        let delay = u64::from(delay.clamp(1, self.horizon()));
-        let slot = ((self.now + delay) & self.mask) as usize;
+    /// Fire `entry` `delay` ticks (at least 1) after tick `now`, the owner's clock. The owner may
+    /// be ahead of the last tick expired (it slept, then armed before expiring): counting from
+    /// the wheel's own tick would put the entry in a slot already due. At most a horizon ahead of
+    /// the wheel's tick.
+    pub fn schedule(&mut self, now: u64, delay: u32, entry: Entry) {
+        let at = (now.max(self.now) + u64::from(delay.max(1))).min(self.now + self.mask);
+        let slot = (at & self.mask) as usize;
         self.slots[slot].push(entry);
         self.occupied[slot / 64] |= 1 << (slot % 64);
         self.len += 1;
@@ -123,8 +126,8 @@ mod tests {
     #[test]
     fn fires_at_the_right_tick_only() {
         let mut w = Wheel::new(64, 0);
-        w.schedule(5, e(1));
-        w.schedule(1, e(2));
+        w.schedule(w.now, 5, e(1));
+        w.schedule(w.now, 1, e(2));
         let mut out = Vec::new();
         w.expire(1, &mut out);
         assert_eq!(out, vec![e(2)]);
@@ -139,7 +142,7 @@ mod tests {
     #[test]
     fn clamps_long_delays_to_the_horizon() {
         let mut w = Wheel::new(64, 10);
-        w.schedule(1_000, e(7));
+        w.schedule(w.now, 1_000, e(7));
         let mut out = Vec::new();
         w.expire(10 + 62, &mut out);
         assert!(out.is_empty());
@@ -148,10 +151,29 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_ahead_of_the_wheel_is_counted_from_its_own_tick() {
+        // The owner slept to tick 50 and arms before expiring: 3 ticks is tick 53, not 3.
+        let mut w = Wheel::new(64, 0);
+        w.schedule(50, 3, e(1));
+        let mut out = Vec::new();
+        w.expire(52, &mut out);
+        assert!(out.is_empty());
+        w.expire(53, &mut out);
+        assert_eq!(out, vec![e(1)]);
+        // Never more than a horizon past the wheel's tick (the owner re-checks).
+        let mut w = Wheel::new(64, 0);
+        w.schedule(50, 60, e(2));
+        w.expire(62, &mut out);
+        assert_eq!(out, vec![e(1)]);
+        w.expire(63, &mut out);
+        assert_eq!(out, vec![e(1), e(2)]);
+    }
+
+    #[test]
     fn a_stalled_loop_drains_everything_once() {
         let mut w = Wheel::new(64, 0);
         for k in 0..200 {
-            w.schedule(k % 70 + 1, e(k));
+            w.schedule(w.now, k % 70 + 1, e(k));
         }
         let mut out = Vec::new();
         w.expire(10_000, &mut out);
@@ -164,14 +186,14 @@ mod tests {
     fn next_expiry_finds_the_nearest_slot_across_the_wrap() {
         let mut w = Wheel::new(128, 0);
         assert_eq!(w.next_expiry(), None);
-        w.schedule(100, e(1));
+        w.schedule(w.now, 100, e(1));
         assert_eq!(w.next_expiry(), Some(100));
-        w.schedule(3, e(2));
+        w.schedule(w.now, 3, e(2));
         assert_eq!(w.next_expiry(), Some(3));
         let mut out = Vec::new();
         w.expire(90, &mut out);
         assert_eq!(w.next_expiry(), Some(10));
-        w.schedule(120, e(3)); // wraps: slot (90+120) % 128 = 82
+        w.schedule(90, 120, e(3)); // wraps: slot (90+120) % 128 = 82
         assert_eq!(w.next_expiry(), Some(10));
         w.expire(100, &mut out);
         assert_eq!(w.next_expiry(), Some(110));
@@ -182,7 +204,7 @@ mod tests {
         // 100k entries spread over the wheel: one tick hands out only its slot's share.
         let mut w = Wheel::new(4096, 0);
         for k in 0..100_000u32 {
-            w.schedule(1 + (k % 4000), e(k));
+            w.schedule(w.now, 1 + (k % 4000), e(k));
         }
         let mut out = Vec::new();
         w.expire(1, &mut out);

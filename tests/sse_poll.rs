@@ -366,3 +366,18 @@ fn pipelined_posts_over_the_rate_are_answered_in_order() {
     assert_eq!(a.json()["seq"], 1);
     assert!(b.head.contains("Retry-After: 1") && b.json()["code"] == "rate_limited", "{}", b.head);
 }
+
+#[test]
+fn a_poll_after_an_idle_spell_is_held_for_the_whole_timeout() {
+    // Regression: a loop that slept for a while armed timers against the tick it last processed,
+    // so a poll arriving after a quiet spell was answered (empty) at once instead of being held.
+    let srv = server(|c| c.poll_timeout = Duration::from_millis(500));
+    let mut c = HttpConn::new(srv.local_addr());
+    let next = c.request("GET", "/poll?room=quiet", "", b"").json()["next"].as_str().unwrap().to_string();
+    // The quiet spell itself is what is tested: nothing happens on the server for a second.
+    std::thread::sleep(Duration::from_secs(1));
+    let t = std::time::Instant::now();
+    let v = c.request("GET", &format!("/poll?room=quiet&since={next}"), "", b"").json();
+    assert!(t.elapsed() >= Duration::from_millis(450), "answered after {:?}", t.elapsed());
+    assert_eq!((v["messages"].clone(), v["next"].as_str()), (json!([]), Some(next.as_str())));
+}

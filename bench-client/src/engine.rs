@@ -1210,7 +1210,7 @@ impl Engine {
     fn arm(&mut self, key: usize, ticks: u32) {
         self.next_timer = self.next_timer.wrapping_add(1);
         self.conns[key].timer = self.next_timer;
-        self.wheel.schedule(ticks, Entry { key: key as u32, id: self.next_timer });
+        self.wheel.schedule(self.tick(now_ns()), ticks, Entry { key: key as u32, id: self.next_timer });
     }
 
     fn disarm(&mut self, key: usize) {

@@ -202,6 +202,9 @@ impl Worker {
                 break;
             }
             self.now = (self.start.elapsed().as_nanos() / self.tick_ns) as u64;
+            // Timers first: the wheel must stand at `now` before anything arms against it (a
+            // loop that slept for N ticks would otherwise arm N ticks in the past, firing at once).
+            self.expire_timers(&mut expired);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -211,7 +214,6 @@ impl Worker {
                 }
             }
             self.run_ready();
-            self.expire_timers(&mut expired);
             self.settle_iteration();
             if self.accept_retry_at.is_some_and(|t| self.now >= t) {
                 self.accept_retry_at = None;
@@ -1330,7 +1332,7 @@ impl Worker {
         self.next_timer = self.next_timer.wrapping_add(1);
         let id = self.next_timer;
         self.conns[key].timer = id;
-        self.wheel.schedule(delay, Entry { key: key as u32, id });
+        self.wheel.schedule(self.now, delay, Entry { key: key as u32, id });
     }
 
     /// Make any scheduled entry of `key` stale.
