@@ -102,3 +102,35 @@ deflate = {
 }
 for k, v in deflate.items():
     put("deflate", k, v)
+
+# tls_server: real ClientHellos (Python's OpenSSL: TLS 1.3 and 1.2 only, with and without ALPN
+# and SNI), then the same cut short, followed by junk, or by a plain HTTP request. The first
+# byte picks the piece size each input is fed in.
+import ssl
+def client_hello(tls12_only=False, alpn=None, sni="localhost"):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if tls12_only:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname=sni)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+hellos = {
+    "hello13_alpn": client_hello(alpn=["http/1.1"]),
+    "hello13_h2_only": client_hello(alpn=["h2"]),
+    "hello12": client_hello(tls12_only=True, alpn=["http/1.1"]),
+    "hello_no_sni": client_hello(sni=None),
+}
+for k, v in hellos.items():
+    put("tls_server", k, b"\x3f" + v)
+    put("tls_server", k + "_bytewise", b"\x00" + v)
+put("tls_server", "hello_truncated", b"\x07" + hellos["hello13_alpn"][:100])
+put("tls_server", "hello_then_junk", b"\x3f" + hellos["hello13_alpn"] + b"\x17\x03\x03\x00\x10" + bytes(16))
+put("tls_server", "plain_http", b"\x3fGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+put("tls_server", "records_of_every_type", b"\x3f" + b"".join(bytes([t, 3, 3, 0, 2, 1, 0]) for t in (20, 21, 22, 23, 24)))

@@ -95,6 +95,24 @@ start_server() {
   esac
 }
 
+# test_cert DIR [ec|rsa]: a throwaway CA (DIR/ca.pem) and a server certificate for localhost and
+# 127.0.0.1 signed by it (DIR/cert.pem, DIR/key.pem): ECDSA P-256 (default) or RSA 2048.
+test_cert() {
+  local dir=$1 kind=${2:-ec} alg
+  need openssl
+  mkdir -p "$dir"
+  case $kind in
+    ec) alg=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    rsa) alg=(-newkey rsa:2048) ;;
+    *) die "test_cert: kind must be ec or rsa" ;;
+  esac
+  openssl req -x509 "${alg[@]}" -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 30 -subj /CN=c100k-test-ca 2>/dev/null
+  openssl req "${alg[@]}" -nodes -keyout "$dir/key.pem" -out "$dir/cert.csr" -subj /CN=localhost 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$dir/ext.cnf"
+  openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -out "$dir/cert.pem" \
+    -days 30 -extfile "$dir/ext.cnf" 2>/dev/null
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # established ADDR: TCP connections established to the server at ADDR (from ss(8)).

@@ -17,6 +17,9 @@
 #            WebSockets), to set the transports' cost per delivery beside WebSocket's in one run.
 #            c100k-deflate (echo or broadcast): this build, the clients offering
 #            permessage-deflate (bench-client --deflate).
+#            c100k-tls (echo or broadcast): this build serving TLS (a throwaway ECDSA P-256
+#            certificate; TLS_KEY=rsa for RSA 2048), the clients on wss:// (bytes per message
+#            are not scraped for it).
 #   SIZE     message size in bytes (default 32 for echo, 64 for a broadcast)
 #   PAYLOAD=words  pad messages with text instead of one repeated byte (use it with deflate:
 #            it compresses about like real messages)
@@ -50,22 +53,31 @@ for run in $(seq 1 "$runs"); do
   for server in $servers; do
     member_transport=ws
     extra=()
+    sflags=()
+    scheme=ws
     case $server in
       c100k-sse | c100k-poll) member_transport=${server#c100k-} ;;
       c100k-deflate) extra=(--deflate) ;;
+      c100k-tls)
+        # Throwaway keys, out of the report directory.
+        [ -n "${tls:-}" ] || { tls=$(mktemp -d); test_cert "$tls" "${TLS_KEY:-ec}"; }
+        sflags=(--tls-cert "$tls/cert.pem" --tls-key "$tls/key.pem")
+        extra=(--ca "$tls/ca.pem")
+        scheme=wss
+        ;;
     esac
     [ -n "${PAYLOAD:-}" ] && extra+=(--payload "$PAYLOAD")
-    start_server "${server%%-*}" "$out/$server-$run.log" --threads 1
+    start_server "${server%%-*}" "$out/$server-$run.log" --threads 1 "${sflags[@]}"
     cpu0=$(cpu_ns "$SPID")
     wall0=$(date +%s%N)
     sent0=$(metric "$ADDR" c100k_bytes_sent_total 2>/dev/null || echo 0)
     if [ "$broadcast" = 1 ]; then
       room_path=/ws; case $server in node | uws) room_path=/chat ;; esac
-      cmd=(broadcast --url "ws://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size "${SIZE:-64}")
+      cmd=(broadcast --url "$scheme://$ADDR$room_path?room={room}" --members "$conns" --rooms 1 --senders 10 --rate "$rate" --size "${SIZE:-64}")
       [ "$protocol" = v1 ] && cmd+=(--protocol v1)
       [ "$member_transport" != ws ] && cmd+=(--transport "$member_transport")
     else
-      cmd=(echo --url "ws://$ADDR/echo" --conns "$conns" --size "${SIZE:-32}" "${load[@]}")
+      cmd=(echo --url "$scheme://$ADDR/echo" --conns "$conns" --size "${SIZE:-32}" "${load[@]}")
     fi
     $(pin 1) "$BENCH" "${cmd[@]}" "${extra[@]}" --duration "$secs" --procs 1 --threads 1 --quiet --out "$out/bench-$server-$run" \
       >"$out/client-$server-$run.log" 2>&1 || die "bench-client failed: $(tail -5 "$out/client-$server-$run.log")"

@@ -11,7 +11,9 @@
 #                BASELINE_BIN): c100k, baseline, node, uws (scripts/setup-peers.sh)
 #   TRANSPORT    what each idle connection is (c100k): ws (default: a WebSocket on /echo),
 #                ws-room (a seed-mode member of one room, /ws?room=idle), sse (an event stream of
-#                that room, /sse?room=idle), poll (a long poll of it, /poll?room=idle)
+#                that room, /sse?room=idle), poll (a long poll of it, /poll?room=idle), wss (a
+#                WebSocket on /echo over TLS: the server runs with a throwaway ECDSA P-256
+#                certificate, TLS_KEY=rsa for RSA 2048)
 #   OUT          report directory (default bench-results/<UTC>-idle-memory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -32,7 +34,13 @@ case $transport in
   ws-room) client=(--url "ws://ADDR/ws?room=idle") ;;
   sse) client=(--transport sse --url "http://ADDR/sse?room=idle") ;;
   poll) client=(--transport poll --url "http://ADDR/poll?room=idle") ;;
-  *) die "TRANSPORT must be ws, ws-room, sse or poll" ;;
+  wss)
+    tls=$(mktemp -d) # throwaway keys stay out of the report
+    test_cert "$tls" "${TLS_KEY:-ec}"
+    client=(--url "wss://ADDR/echo" --ca "$tls/ca.pem")
+    SERVER_ARGS="${SERVER_ARGS:-} --tls-cert $tls/cert.pem --tls-key $tls/key.pem"
+    ;;
+  *) die "TRANSPORT must be ws, ws-room, sse, poll or wss" ;;
 esac
 
 for run in $(seq 1 "$runs"); do

@@ -185,6 +185,15 @@ pub struct Args {
     /// Messages smaller than this many bytes are sent uncompressed even on deflate connections.
     #[arg(long, env = "C100K_DEFLATE_MIN_SIZE", default_value_t = 256)]
     pub deflate_min_size: usize,
+
+    /// PEM certificate chain (leaf first): with --tls-key, --listen speaks TLS (wss://, https://)
+    /// for every route. Both files are read again on SIGHUP.
+    #[arg(long, env = "C100K_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "C100K_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// A switch.
@@ -294,6 +303,12 @@ impl Args {
             demo: !self.no_demo,
             deflate: self.deflate == OnOff::On,
             deflate_min_size: self.deflate_min_size,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(crate::server::certs::TlsFiles { cert: cert.clone(), key: key.clone() })
+                }
+                _ => None,
+            },
         };
         cfg.tick = cfg.auto_tick();
         cfg

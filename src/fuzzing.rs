@@ -147,3 +147,47 @@ pub fn deflate(data: &[u8]) {
     }
     assert_eq!(inflate(&compress(data), data.len().max(1)).as_deref(), Ok(data), "round trip");
 }
+
+/// A self-signed ECDSA P-256 certificate for `localhost` and its key, made for the fuzz target and
+/// the TLS adapter's unit tests only (it protects nothing).
+pub const TEST_CERT: (&str, &str) = (
+    "-----BEGIN CERTIFICATE-----\nMIIBkTCCATigAwIBAgIUKkZGqO53o6dsb0lmii5W7/dcJWMwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTIwMTE0NDQ0MVoYDzIxMjYxMTA3\nMTQ0NDQxWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\nPQMBBwNCAATceHTKJHgrSyeIvjfT3GFxlld5SDA306CWKcExsoo94yEz0lhqH1J3\nxqjRXVoP+wn5NPjrYaOSuD2MlE4KZfExo2YwZDAdBgNVHQ4EFgQUefz1Q37t1zLI\nGgWKRMMx1KRDcJMwHwYDVR0jBBgwFoAUefz1Q37t1zLIGgWKRMMx1KRDcJMwFAYD\nVR0RBA0wC4IJbG9jYWxob3N0MAwGA1UdEwEB/wQCMAAwCgYIKoZIzj0EAwIDRwAw\nRAIgDjJgDouIqaCJsMzMEwsPidAM8WlwQd7y95hJKKV9ln8CIGBURcXfZFhdu20H\nCizBLSbq1OK1aw44JYA9urkiGM3H\n-----END CERTIFICATE-----\n",
+    "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgMsbQJJvvQSmzqQwm\nTTP4vqYmvfZffeQw6w3a4oyCZRahRANCAATceHTKJHgrSyeIvjfT3GFxlld5SDA3\n06CWKcExsoo94yEz0lhqH1J3xqjRXVoP+wn5NPjrYaOSuD2MlE4KZfEx\n-----END PRIVATE KEY-----\n",
+);
+
+/// The server's TLS adapter fed what a hostile client might send: the input is cut into pieces
+/// (its first byte picks the piece size) and given to a fresh connection, as reads would.
+/// Whatever rustls accepts or refuses, nothing panics, and nothing is sent before a handshake.
+pub fn tls_server(data: &[u8]) {
+    use crate::net::tls::ServerTls;
+    use rustls_pki_types::pem::PemObject;
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ServerConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let cert = rustls_pki_types::CertificateDer::from_pem_slice(TEST_CERT.0.as_bytes()).expect("test cert");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(TEST_CERT.1.as_bytes()).expect("test key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("cert");
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        std::sync::Arc::new(c)
+    });
+    let Some((&first, rest)) = data.split_first() else { return };
+    let piece = usize::from(first % 64) + 1;
+    let Ok(mut tls) = ServerTls::new(config.clone()) else { return };
+    let (mut plain, mut out) = (Vec::new(), Vec::new());
+    let mut input = rest.to_vec();
+    for chunk in input.chunks_mut(piece) {
+        if tls.receive(chunk, &mut plain, &mut out).is_err() {
+            return;
+        }
+    }
+    assert!(plain.is_empty() || tls.is_open(), "application data only after a handshake");
+    if tls.is_open() {
+        let _ = tls.encrypt(b"reply", &mut out);
+    }
+    let _ = tls.close_notify(&mut out);
+}

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
     if let Err(e) = signals.thread_block() {
         log::error!("cannot block signals: {e}");
         return ExitCode::FAILURE;
@@ -110,6 +111,9 @@ fn main() -> ExitCode {
         if args.api_key.is_some() { ", /api/..." } else { "" }
     );
     if first_worker {
+        if let (Some(cert), true) = (&args.tls_cert, server.is_tls()) {
+            log::info!("TLS on every route (wss://, https://) with {}; SIGHUP reloads it", cert.display());
+        }
         log_exposure(&args, server.local_addr());
         match args.redis_target() {
             Some(c100k::server::RedisTarget::Single(u)) => {
@@ -124,16 +128,31 @@ fn main() -> ExitCode {
         }
     }
 
-    match signals.wait() {
-        Ok(sig) => log::info!("{sig:?} received: closing connections with 1001 and draining"),
-        Err(e) => log::error!("waiting for signals failed: {e}"),
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) if server.is_tls() => match server.reload_tls() {
+                Ok(()) => log::info!("SIGHUP: TLS certificate and key reloaded; new handshakes use them"),
+                Err(e) => log::error!("SIGHUP: TLS reload failed, still using the previous pair: {e}"),
+            },
+            Ok(Signal::SIGHUP) => log::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+            Ok(sig) => {
+                log::info!("{sig:?} received: closing connections with 1001 and draining");
+                break;
+            }
+            Err(e) => {
+                log::error!("waiting for signals failed: {e}");
+                break;
+            }
+        }
     }
     server.shutdown();
     // A second signal while draining exits at once.
     std::thread::spawn(move || {
-        if signals.wait().is_ok() {
-            log::warn!("second signal: exiting without waiting for the drain");
-            std::process::exit(1);
+        while let Ok(sig) = signals.wait() {
+            if sig != Signal::SIGHUP {
+                log::warn!("second signal: exiting without waiting for the drain");
+                std::process::exit(1);
+            }
         }
     });
     server.wait();

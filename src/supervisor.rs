@@ -126,7 +126,7 @@ pub fn run(plan: Plan) -> ExitCode {
 fn supervise(plan: Plan) -> Result<ExitCode, String> {
     let Plan { processes, threads, drain, redis: plan_rooms_shared, .. } = plan;
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD, Signal::SIGHUP] {
         signals.add(s);
     }
     signals.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
@@ -196,6 +196,10 @@ fn supervise(plan: Plan) -> Result<ExitCode, String> {
                     s.restart_at = None;
                 }
                 kill_all(&slots, Signal::SIGTERM);
+            }
+            Some(Signal::SIGHUP) if stopping.is_none() => {
+                log::info!("supervisor: SIGHUP: the workers reload their TLS certificates");
+                kill_all(&slots, Signal::SIGHUP);
             }
             _ => {}
         }

@@ -41,3 +41,8 @@ fn deflate_corpus() {
 fn sse_position_corpus() {
     replay("sse_position", c100k::fuzzing::sse_position);
 }
+
+#[test]
+fn tls_server_corpus() {
+    replay("tls_server", c100k::fuzzing::tls_server);
+}

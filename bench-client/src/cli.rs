@@ -214,6 +214,13 @@ pub struct Common {
     /// about like real messages; use it with --deflate).
     #[arg(long, value_enum, default_value_t = Padding::X)]
     pub payload: Padding,
+    /// wss:// and https://: accept any server certificate (signatures are still checked).
+    #[arg(long)]
+    pub insecure: bool,
+    /// wss:// and https://: trust the certificates in this PEM file (a self-signed server
+    /// certificate or its CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// The run fails (exit status 1) when fewer connections than this were established.
     /// Default: every connection asked for.
     #[arg(long)]
@@ -279,6 +286,10 @@ impl Cli {
             }
         };
         let targets = url.split(',').map(|u| Target::parse(u.trim())).collect::<Result<Vec<_>, _>>()?;
+        let tls = crate::tls::TlsOptions { insecure: common.insecure, ca: common.ca.clone() };
+        if targets.iter().any(|t| t.tls) {
+            tls.config()?; // a missing or bad --ca is said now, not by every worker
+        }
         let sources = match &common.src {
             Some(s) => parse_sources(s)?,
             None => Vec::new(),
@@ -301,6 +312,7 @@ impl Cli {
             transport,
             deflate: common.deflate,
             words: common.payload == Padding::Words,
+            tls,
             targets,
             conns,
             procs,

@@ -30,6 +30,8 @@ pub struct Run {
     pub deflate: bool,
     /// Text padding in payloads (`--payload words`).
     pub words: bool,
+    /// Certificate checks for wss:// and https://.
+    pub tls: crate::tls::TlsOptions,
     /// The URLs connections are spread over (connection i → URL i mod n).
     pub targets: Vec<Target>,
     pub conns: u32,
@@ -224,6 +226,7 @@ fn spawn(r: &Run, tx: &mpsc::Sender<Msg>) -> Result<Vec<Worker>, String> {
             connect_timeout_ms: r.connect_timeout.as_millis() as u64,
             drain_ms: r.drain.as_millis() as u64,
             salt: salt ^ (w as u64) << 48,
+            tls: r.tls.clone(),
         };
         let mut child = Process::new(&exe)
             .arg("__worker")

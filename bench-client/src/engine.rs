@@ -13,7 +13,6 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
@@ -31,6 +30,7 @@ use crate::job::{Job, Load, Scenario};
 use crate::net::{self, Failure};
 use crate::payload::{self, Arrival, SeqTrack, Stamp};
 use crate::stats::{record_ns, Outcome, H_CONNECT, H_DELIVERY, H_HANDSHAKE, H_RESUME, H_RTT, H_SEND_LAG};
+use crate::tls::Stream;
 use crate::v1;
 
 pub const WAKER: Token = Token(usize::MAX);
@@ -84,7 +84,7 @@ enum State {
 
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     idx: u32,
     gen: u32,
     timer: u32,
@@ -118,6 +118,8 @@ enum Phase {
 
 pub struct Engine {
     tid: usize,
+    /// For wss:// and https:// targets.
+    tls: Option<Arc<rustls::ClientConfig>>,
     job: Arc<Job>,
     live: Arc<Live>,
     poll: Poll,
@@ -181,8 +183,13 @@ impl Engine {
         }
         .max(1 << 16);
         let ticks = |ns: u64| (ns / TICK_NS).max(1) as u32;
+        let tls = match job.targets.iter().any(|t| t.tls) {
+            true => job.tls.config().map_err(|e| log::error!("{e}")).ok(),
+            false => None,
+        };
         Engine {
             tid,
+            tls,
             live,
             poll,
             mailbox,
@@ -363,6 +370,22 @@ impl Engine {
                 continue;
             }
             let transport = self.transport_of(idx);
+            let target = self.target_for(idx);
+            let stream = match (&self.tls, target.tls) {
+                (Some(cfg), true) => match Stream::tls(stream, cfg.clone(), &target.host) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::error!("{e}");
+                        self.count_failure(Failure::Tls);
+                        continue;
+                    }
+                },
+                (None, true) => {
+                    self.count_failure(Failure::Tls);
+                    continue;
+                }
+                (_, false) => Stream::Plain(stream),
+            };
             self.conns.insert(Conn {
                 stream,
                 idx,
@@ -425,11 +448,11 @@ impl Engine {
 
     fn finish_connect(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        match c.stream.take_error() {
+        match c.stream.tcp().take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => return self.fail(key, Failure::from_io(&e)),
         }
-        match c.stream.peer_addr() {
+        match c.stream.tcp().peer_addr() {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
             Err(e) => return self.fail(key, Failure::from_io(&e)),
@@ -950,7 +973,7 @@ impl Engine {
     fn resume(&mut self, key: usize) {
         let c = &self.conns[key];
         let idx = c.idx;
-        let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(c.stream.tcp()).set_linger(Some(Duration::ZERO));
         self.resuming.insert(idx, now_ns());
         self.remove(key);
         self.todo.push(idx);
@@ -1016,6 +1039,9 @@ impl Engine {
 
     fn flush(&mut self, key: usize) {
         let c = &mut self.conns[key];
+        if c.stream.flush_tls().is_err() {
+            return self.ended(key, "reset");
+        }
         if let Some(q) = c.out.as_mut() {
             match q.flush(&mut c.stream) {
                 Ok(_) if q.is_empty() => c.out = None,

@@ -78,6 +78,9 @@ pub struct Job {
     pub drain_ms: u64,
     /// Makes handshake keys differ between runs.
     pub salt: u64,
+    /// Certificate checks for wss:// and https:// targets.
+    #[serde(default)]
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl Job {

@@ -15,6 +15,7 @@ mod net;
 mod payload;
 mod report;
 mod stats;
+mod tls;
 mod v1;
 mod worker;
 

@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// A parsed `ws://` URL (a `{room}` placeholder in the path is kept for substitution).
+/// A parsed `ws://` or `wss://` URL (a `{room}` placeholder in the path is kept for
+/// substitution).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub addr: SocketAddr,
@@ -16,15 +17,24 @@ pub struct Target {
     pub host: String,
     /// Path and query, possibly with `{room}`.
     pub path: String,
+    /// `wss://` or `https://`.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
         // http:// names the same server (SSE and long-poll members use plain HTTP on it).
-        let rest = url
-            .strip_prefix("ws://")
-            .or_else(|| url.strip_prefix("http://"))
-            .ok_or_else(|| format!("'{url}': only ws:// (or http://) URLs are supported (no TLS yet)"))?;
+        let (rest, tls) = match (
+            url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")),
+            url.strip_prefix("wss://").or_else(|| url.strip_prefix("https://")),
+        ) {
+            (Some(r), _) => (r, false),
+            (None, Some(r)) => (r, true),
+            (None, None) => {
+                return Err(format!("'{url}': only ws://, wss://, http:// and https:// URLs are supported"))
+            }
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -33,7 +43,7 @@ impl Target {
             return Err(format!("'{url}': missing host"));
         }
         let with_port = if authority.ends_with(']') || !authority.contains(':') {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         } else {
             authority.to_string()
         };
@@ -42,7 +52,7 @@ impl Target {
             .map_err(|e| format!("'{url}': cannot resolve {authority}: {e}"))?
             .next()
             .ok_or_else(|| format!("'{url}': {authority} has no address"))?;
-        Ok(Target { addr, host: authority.to_string(), path: path.to_string() })
+        Ok(Target { addr, host: authority.to_string(), path: path.to_string(), tls })
     }
 
     /// The request target for room `room` (replaces `{room}`).
@@ -114,6 +124,8 @@ pub enum Failure {
     AddrNotAvail,
     /// Out of file descriptors: more processes or higher limits.
     Emfile,
+    /// The TLS handshake failed (certificate not trusted, alert, not TLS).
+    Tls,
     /// Anything else, by errno.
     Os(i32),
 }
@@ -130,6 +142,8 @@ impl Failure {
             None => match e.kind() {
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
                 io::ErrorKind::TimedOut => Failure::Timeout,
+                // What the TLS layer reports (rustls errors).
+                io::ErrorKind::InvalidData => Failure::Tls,
                 _ => Failure::Os(0),
             },
         }
@@ -148,6 +162,7 @@ impl Failure {
             Failure::Protocol => "protocol_error".into(),
             Failure::AddrNotAvail => "eaddrnotavail".into(),
             Failure::Emfile => "emfile".into(),
+            Failure::Tls => "tls".into(),
             Failure::Os(n) => format!("os_error_{n}"),
         }
     }
@@ -158,6 +173,10 @@ impl Failure {
             Failure::AddrNotAvail => Some(
                 "out of source ports: add source addresses (--src 127.0.0.2-127.0.0.60) or widen \
                  net.ipv4.ip_local_port_range (scripts/apply-sysctl.sh)",
+            ),
+            Failure::Tls => Some(
+                "the TLS handshake failed: give the server's certificate (or its CA) with --ca FILE, \
+                 or --insecure; run with RUST_LOG=debug to see rustls' reason",
             ),
             Failure::Emfile => Some(
                 "out of file descriptors: use more processes (--procs) or raise the open-file limit \
@@ -185,8 +204,11 @@ mod tests {
         assert_eq!(t.path_for(Some(7)), "/ws?room=7");
         assert_eq!(Target::parse("ws://127.0.0.1").unwrap().addr.port(), 80);
         assert_eq!(Target::parse("ws://[::1]:8080/echo").unwrap().addr, "[::1]:8080".parse().unwrap());
-        assert!(Target::parse("wss://x/").is_err());
-        assert!(Target::parse("http://x/").is_err());
+        let t = Target::parse("wss://127.0.0.1/ws").unwrap();
+        assert_eq!((t.addr.port(), t.tls), (443, true));
+        assert!(Target::parse("https://127.0.0.1:8443/sse").unwrap().tls);
+        assert!(!Target::parse("http://127.0.0.1:8080/sse").unwrap().tls);
+        assert!(Target::parse("ftp://x/").is_err());
     }
 
     #[test]

@@ -508,3 +508,29 @@ fn deflate_members_are_checked_like_any_and_receive_compressed_frames() {
     let sent = srv.metrics().bytes_sent_total - before;
     assert!(sent < u(&m["received"]) * 600, "{sent} bytes for {} deliveries", u(&m["received"]));
 }
+
+#[test]
+fn wss_connections_are_verified_with_ca_or_taken_with_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = c100k::fuzzing::TEST_CERT;
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let srv = c100k(|c| c.tls = Some(c100k::server::certs::TlsFiles { cert: cert_file.clone(), key: key_file }));
+    let url = format!("wss://localhost:{}/echo", srv.local_addr().port());
+    let ca = cert_file.to_str().unwrap();
+    let (s, _d) = bench(&["echo", "--url", &url, "--conns", "20", "--duration", "1", "--ca", ca]);
+    assert_eq!(u(&s["connections"]["established"]), 20);
+    let m = &s["messages"];
+    assert!(u(&m["received"]) > 100 && u(&m["received"]) == u(&m["sent"]), "{m}");
+    let (s, _d) = bench(&["connect", "--url", &url, "--conns", "50", "--hold", "0.2", "--insecure"]);
+    assert_eq!(u(&s["connections"]["established"]), 50);
+    // Not trusted: every connection fails as `tls`, and the server counts the refusals.
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, include_str!("../../tests/clients/other_ca.pem")).unwrap();
+    let (s, _d) =
+        bench_exit(&["connect", "--url", &url, "--conns", "5", "--hold", "0", "--ca", other.to_str().unwrap()], 1);
+    assert_eq!(u(&s["connections"]["failures"]["tls"]), 5, "{}", s["connections"]);
+    assert!(srv.metrics().tls_handshake_failures_total >= 5);
+    assert_eq!(srv.metrics().tls_handshakes_total, 70);
+}

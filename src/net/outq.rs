@@ -118,6 +118,11 @@ impl OutQueue {
         self.cost - before
     }
 
+    /// Queue a copy of `b` (small ones go into the last block).
+    pub fn push_slice(&mut self, b: &[u8]) -> usize {
+        self.push_as(Bytes::copy_from_slice(b), true)
+    }
+
     /// Queue what a partial write left over. If the queue was empty and some bytes of the buffer
     /// were already written, its front is now the tail of a started frame and must not be dropped.
     pub fn push_rest(&mut self, rest: Bytes, some_written: bool) -> usize {
@@ -211,6 +216,21 @@ pub struct Handed {
     pub blocked: bool,
 }
 
+/// Write `data` to `w` until it is all written or `w` would block; how much was written.
+pub fn write_some(w: &mut impl Write, data: &[u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < data.len() {
+        match w.write(&data[n..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Send `data` on `w`: straight to the socket when nothing is queued, else behind what is (order
 /// is kept). What the socket does not take is copied once into the queue, created on demand;
 /// the tail of a partly written buffer is marked started so it is never dropped.
@@ -222,16 +242,7 @@ pub fn send_or_queue(w: &mut impl Write, out: &mut Option<Box<OutQueue>>, data: 
         let queued = q.push(Bytes::copy_from_slice(data));
         return Ok(Handed { written: 0, queued, blocked: false });
     }
-    let mut n = 0;
-    while n < data.len() {
-        match w.write(&data[n..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let n = write_some(w, data)?;
     let mut queued = 0;
     if n < data.len() {
         queued = out.get_or_insert_with(Box::default).push_rest(Bytes::copy_from_slice(&data[n..]), n > 0);

@@ -10,12 +10,13 @@ use mio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::net::outq::OutQueue;
+use crate::net::tls::ServerTls;
 use crate::proto::v1::Position;
 use crate::proto::ws::session::Session;
 
 /// Bytes of the slab entry we allow (`tests/` measures it): 4 (socket) + 4 (generation) +
-/// 4 (timer id) + 4 (route, flags) + 24 (session) + 8 (queue pointer) + 8 (peer pointer) = 56,
-/// within 64 so the slab entry fits one cache line.
+/// 4 (timer id) + 4 (route, flags) + 24 (session) + 8 (queue and TLS pointer) + 8 (peer
+/// pointer) = 56, within 64 so the slab entry fits one cache line.
 pub const SIZE_BUDGET: usize = 64;
 
 /// What the connection is, once its request is answered.
@@ -77,6 +78,12 @@ pub mod flags {
     pub const ADMIN: u16 = 2048;
     /// Input already read is kept in the stash, to be processed before the next read.
     pub const HELD: u16 = 4096;
+    /// TLS could not encrypt for it (its keys are exhausted): drop it at the next chance.
+    pub const TLS_BROKEN: u16 = 16384;
+    /// Failed (TLS): our last bytes (an alert, a 400) are out and our side is shut; what the
+    /// peer still sends is read and dropped until its EOF or the close timeout, so closing does
+    /// not reset those last bytes away.
+    pub const DISCARD: u16 = 32768;
 }
 
 /// Marks a seat whose join the broker has not answered yet.
@@ -257,8 +264,25 @@ pub struct Conn {
     pub route: Route,
     pub flags: u16,
     pub sess: Session,
-    pub out: Option<Box<OutQueue>>,
+    /// The outbound queue and TLS, behind one pointer (see [`Io`]).
+    pub io: Option<Box<Io>>,
     pub peer: Option<Box<Peer>>,
+}
+
+/// What a connection holds beyond its slab entry only while it needs it: the outbound queue
+/// while its socket refuses bytes, and TLS for the connection's life. One pointer for both keeps
+/// a plain connection's entry at 56 bytes; a plain connection has no `Io` while its writes go
+/// through, a TLS connection always has one (its queue empty, allocating nothing, most of the
+/// time).
+#[derive(Debug, Default)]
+pub struct Io {
+    /// For a TLS connection it only ever holds records (its own, under its keys), so plaintext
+    /// and ciphertext never mix.
+    pub q: OutQueue,
+    /// With --tls-cert: what is written is encrypted here, what is read decrypted. Boxed: a
+    /// plain connection's `Io` is made and freed on every blocked write and fan-out, so it
+    /// stays small (rustls' state is over 1 KB).
+    pub tls: Option<Box<ServerTls>>,
 }
 
 /// Result of handing bytes to a connection.
@@ -272,16 +296,40 @@ pub enum Sent {
 
 impl Conn {
     pub fn new(stream: TcpStream, gen: u32, sess: Session) -> Self {
-        Conn { stream, gen, timer: 0, route: Route::Http, flags: 0, sess, out: None, peer: None }
+        Conn { stream, gen, timer: 0, route: Route::Http, flags: 0, sess, io: None, peer: None }
+    }
+
+    /// A connection that speaks TLS from its first byte.
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.io = Some(Box::new(Io { q: OutQueue::default(), tls: Some(Box::new(tls)) }));
+        self
     }
 
     pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.io.as_ref().and_then(|io| io.tls.as_deref())
+    }
+
+    pub fn tls_mut(&mut self) -> Option<&mut ServerTls> {
+        self.io.as_mut().and_then(|io| io.tls.as_deref_mut())
+    }
+
+    /// Bytes wait in the outbound queue.
+    pub fn has_queue(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| !io.q.is_empty())
+    }
+
     /// Memory held by the outbound queue (its bytes and their bookkeeping).
     pub fn queued(&self) -> usize {
-        self.out.as_ref().map_or(0, |q| q.cost())
+        self.io.as_ref().map_or(0, |io| io.q.cost())
+    }
+
+    /// The outbound queue of a connection that is not TLS (whose queued bytes may be dropped).
+    pub fn plain_queue(&mut self) -> Option<&mut OutQueue> {
+        self.io.as_mut().filter(|io| io.tls.is_none()).map(|io| &mut io.q)
     }
 
     /// Queue a shared buffer to go out at the end of the loop iteration, together with
@@ -292,7 +340,18 @@ impl Conn {
         // Small frames behind a socket that refuses bytes are copied into blocks (their handles
         // would cost more than they do); frames for a reader that keeps up stay shared handles.
         let coalesce = self.has(flags::BLOCKED);
-        let added = self.out.get_or_insert_with(Box::default).push_as(b.clone(), coalesce);
+        let io = self.io.get_or_insert_with(Box::default);
+        let added = match io.tls.as_mut() {
+            // Encrypted now, under this connection's keys.
+            Some(tls) => crate::net::tls::with_scratch(|ct| match tls.encrypt(b, ct) {
+                Ok(()) => io.q.push_slice(ct),
+                Err(_) => {
+                    self.flags |= flags::TLS_BROKEN;
+                    0
+                }
+            }),
+            None => io.q.push_as(b.clone(), coalesce),
+        };
         let first = !self.has(flags::DIRTY);
         self.flags |= flags::DIRTY;
         (first, added)
@@ -301,31 +360,81 @@ impl Conn {
     /// Send bytes from a scratch buffer; the part the socket does not take is copied once into
     /// the queue.
     pub fn send_slice(&mut self, b: &[u8]) -> Sent {
-        match crate::net::outq::send_or_queue(&mut self.stream, &mut self.out, b) {
-            Ok(h) => {
-                if h.blocked {
-                    self.flags |= flags::BLOCKED;
-                }
-                Sent::Ok { written: h.written, queued: h.queued }
-            }
-            Err(_) => Sent::Broken,
+        match self.io.as_deref_mut() {
+            Some(Io { q, tls: Some(tls) }) => crate::net::tls::with_scratch(|ct| match tls.encrypt(b, ct) {
+                Ok(()) => hand_q(&mut self.stream, q, &mut self.flags, ct),
+                Err(_) => Sent::Broken,
+            }),
+            _ => self.send_raw(b),
         }
+    }
+
+    /// Send bytes exactly as given (on a TLS connection: records already made).
+    pub fn send_raw(&mut self, b: &[u8]) -> Sent {
+        match self.io.as_deref_mut() {
+            Some(io) => hand_q(&mut self.stream, &mut io.q, &mut self.flags, b),
+            None => match crate::net::outq::write_some(&mut self.stream, b) {
+                Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
+                Ok(n) => {
+                    self.flags |= flags::BLOCKED;
+                    let io = self.io.get_or_insert_with(Box::default);
+                    Sent::Ok { written: n, queued: io.q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
+                }
+                Err(_) => Sent::Broken,
+            },
+        }
+    }
+
+    /// On a TLS connection whose handshake is done: send close_notify (once).
+    pub fn close_notify(&mut self) -> Sent {
+        let Some(Io { q, tls: Some(tls) }) = self.io.as_deref_mut() else {
+            return Sent::Ok { written: 0, queued: 0 };
+        };
+        crate::net::tls::with_scratch(|ct| match tls.close_notify(ct) {
+            Ok(()) => hand_q(&mut self.stream, q, &mut self.flags, ct),
+            Err(_) => Sent::Broken,
+        })
     }
 
     /// Flush the queue; frees it when drained. Returns (bytes written, memory freed).
     pub fn flush(&mut self) -> io::Result<(usize, usize)> {
-        let Some(q) = self.out.as_mut() else {
+        if self.has(flags::TLS_BROKEN) {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let Some(io) = self.io.as_deref_mut() else {
             return Ok((0, 0));
         };
-        let (n, freed) = q.flush(&mut self.stream)?;
-        if q.is_empty() {
-            let rest = q.cost();
-            self.out = None;
+        let (n, freed) = io.q.flush(&mut self.stream)?;
+        if io.q.is_empty() {
+            let rest = io.q.cost();
+            if io.tls.is_some() {
+                io.q = OutQueue::default();
+            } else {
+                self.io = None;
+            }
             self.flags &= !flags::BLOCKED;
             return Ok((n, freed + rest));
         }
         self.flags |= flags::BLOCKED;
         Ok((n, freed))
+    }
+}
+
+/// Write `b` now, or behind what `q` holds; what the socket does not take goes into `q`.
+fn hand_q(stream: &mut TcpStream, q: &mut OutQueue, fl: &mut u16, b: &[u8]) -> Sent {
+    if b.is_empty() {
+        return Sent::Ok { written: 0, queued: 0 };
+    }
+    if !q.is_empty() {
+        return Sent::Ok { written: 0, queued: q.push(Bytes::copy_from_slice(b)) };
+    }
+    match crate::net::outq::write_some(stream, b) {
+        Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
+        Ok(n) => {
+            *fl |= flags::BLOCKED;
+            Sent::Ok { written: n, queued: q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
+        }
+        Err(_) => Sent::Broken,
     }
 }
 
@@ -352,6 +461,12 @@ mod tests {
         assert!(s.is_empty());
         assert_eq!(std::mem::size_of::<Seats>(), 16);
         assert!(std::mem::size_of::<Peer>() <= 64, "{}", std::mem::size_of::<Peer>());
+    }
+
+    #[test]
+    fn the_io_box_of_a_plain_connection_stays_small() {
+        // Made and freed on every fan-out to a member whose write blocks: no TLS state inline.
+        assert!(std::mem::size_of::<Io>() <= 96, "{}", std::mem::size_of::<Io>());
     }
 
     #[test]

@@ -57,6 +57,9 @@ metrics! {
     connections_accepted_total: "counter", "TCP connections accepted.";
     handshakes_total: "counter", "Opening handshakes completed (101 sent).";
     deflate_handshakes_total: "counter", "Opening handshakes that negotiated permessage-deflate.";
+    tls_handshakes_total: "counter", "TLS handshakes completed (with --tls-cert).";
+    tls_handshake_failures_total: "counter", "Connections dropped before their TLS handshake completed: not TLS (plain HTTP is answered 400 first), a ClientHello rustls refused, a handshake timeout, or a reset.";
+    tls_errors_total: "counter", "TLS connections dropped after the handshake for a bad record or a fatal alert.";
     handshake_failures_total: "counter", "Connections that ended before a WebSocket handshake completed (rejected requests, timeouts, resets), not counting /healthz and /metrics.";
     http_requests_total: "counter", "Plain HTTP answers (health, metrics, API, errors to non-WebSocket requests).";
     messages_received_total: "counter", "WebSocket data messages received.";

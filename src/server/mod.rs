@@ -2,6 +2,7 @@
 //! slab and timer wheel; loops talk only through their [`Mailbox`]es, and reach rooms through
 //! the [`Broker`].
 
+pub mod certs;
 pub mod conn;
 pub mod listener;
 mod messages;
@@ -107,6 +108,8 @@ pub struct Config {
     pub deflate: bool,
     /// Messages smaller than this go uncompressed even to deflate connections.
     pub deflate_min_size: usize,
+    /// Speak TLS on --listen with this certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls: Option<certs::TlsFiles>,
 }
 
 /// Default `--max-publish-rate`: messages a second per connection (chat, collaboration and game
@@ -159,6 +162,7 @@ impl Default for Config {
             demo: true,
             deflate: true,
             deflate_min_size: 256,
+            tls: None,
         }
     }
 }
@@ -191,6 +195,8 @@ pub(crate) struct Shared {
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
     pub auth: Auth,
     pub broker: Arc<dyn Broker>,
+    /// With --tls-cert: every accepted connection starts a TLS handshake.
+    pub tls: Option<certs::Tls>,
 }
 
 impl Shared {
@@ -316,6 +322,10 @@ impl Server {
         let n = listeners.len();
         let auth = Auth::new(cfg.jwt_secret.as_deref(), cfg.allowed_origins.as_deref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = match &cfg.tls {
+            Some(files) => Some(certs::Tls::load(files).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?),
+            None => None,
+        };
         let mut polls = Vec::with_capacity(n);
         let mut mailboxes = Vec::with_capacity(n);
         let cfg = Config { threads: n, ..cfg };
@@ -359,6 +369,7 @@ impl Server {
             cfg,
             auth,
             broker,
+            tls,
         });
         let mut threads = Vec::with_capacity(n);
         let mut admin = admin;
@@ -394,6 +405,20 @@ impl Server {
     /// Metrics of each loop separately (index = loop id).
     pub fn loop_metrics(&self) -> Vec<Snapshot> {
         self.shared.metrics.own().iter().map(|m| m.snapshot()).collect()
+    }
+
+    /// Read the TLS certificate and key files again (SIGHUP): new handshakes use them,
+    /// established connections are untouched. On error the old pair stays in use.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.shared.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether connections speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// Begin a graceful shutdown: stop accepting, send close 1001 to every connection, and let

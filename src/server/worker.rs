@@ -74,6 +74,10 @@ pub(crate) struct Worker {
     wbuf: Vec<u8>,
     /// Scratch for frames sent to other connections while `wbuf` is in use.
     cbuf: Vec<u8>,
+    /// Decrypted input of a TLS connection (one read's worth).
+    pbuf: Vec<u8>,
+    /// TLS records a read made us send (handshake flights, alerts).
+    tbuf: Vec<u8>,
     rooms: Rooms,
     relay: Relay,
     mailbox: Arc<Mailbox>,
@@ -139,6 +143,8 @@ impl Worker {
             rbuf: vec![0; READ_BUF].into_boxed_slice(),
             wbuf: Vec::with_capacity(READ_BUF),
             cbuf: Vec::with_capacity(256),
+            pbuf: Vec::new(),
+            tbuf: Vec::new(),
             rooms: Rooms::new(
                 id,
                 shared.broker.clone(),
@@ -292,7 +298,7 @@ impl Worker {
         let mut heavy: Vec<(usize, usize)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.out.is_some() && c.sess.phase() == Phase::Open)
+            .filter(|(_, c)| c.has_queue() && c.sess.phase() == Phase::Open)
             .map(|(k, c)| (c.queued(), k))
             .collect();
         heavy.sort_unstable_by(|a, b| b.cmp(a));
@@ -400,7 +406,9 @@ impl Worker {
                     b"server full: retry later\n",
                     false,
                 );
-                let _ = std::io::Write::write(&mut stream, &resp);
+                if self.shared.tls.is_none() {
+                    let _ = std::io::Write::write(&mut stream, &resp);
+                }
                 let _ = stream.shutdown(Shutdown::Write);
                 self.m().overflow_refusals_total.inc();
                 true
@@ -461,6 +469,16 @@ impl Worker {
         }
         let mut conn = Conn::new(stream, gen, Session::new_handshake(now));
         conn.flags |= restrict;
+        if let (Some(tls), false) = (&self.shared.tls, restrict & flags::ADMIN != 0) {
+            match crate::net::tls::ServerTls::new(tls.config()) {
+                Ok(t) => conn = conn.with_tls(t),
+                Err(e) => {
+                    log::warn!("loop {}: TLS: {e}", self.id);
+                    self.m().tls_handshake_failures_total.inc();
+                    return;
+                }
+            }
+        }
         entry.insert(conn);
         if let Some(ip) = counted_ip {
             self.ip_of.insert(key, ip);
@@ -519,6 +537,14 @@ impl Worker {
             if c.has(flags::PEER_EOF) || c.has(flags::AWAITING) {
                 return;
             }
+            if c.has(flags::DISCARD) {
+                return match c.stream.read(&mut self.rbuf) {
+                    Ok(0) => self.drop_conn(key),
+                    Ok(_) => self.ready.push((key, gen)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => self.drop_conn(key),
+                };
+            }
             // Only while we may still answer: a closing connection is read for its close frame.
             if c.queued() >= PAUSE_READ_AT && matches!(c.sess.phase(), Phase::Open | Phase::Handshake) {
                 c.flags |= flags::READ_PAUSED;
@@ -559,9 +585,17 @@ impl Worker {
                 Ok(n) => {
                     self.m().bytes_received_total.add(n as u64);
                     let member = self.conns[key].peer.is_some();
-                    let mut buf = std::mem::take(&mut self.rbuf);
-                    self.on_input(key, &mut buf[..n]);
-                    self.rbuf = buf;
+                    if self.conns[key].tls().is_some() {
+                        match self.on_tls_input(key, n) {
+                            TlsRead::Closed => return,
+                            TlsRead::PeerClosed => return self.on_eof(key),
+                            TlsRead::Ok => {}
+                        }
+                    } else {
+                        let mut buf = std::mem::take(&mut self.rbuf);
+                        self.on_input(key, &mut buf[..n]);
+                        self.rbuf = buf;
+                    }
                     if member {
                         // What this read published is fanned out now, not at the end of the
                         // iteration: one read's worth of messages in flight, not sixteen.
@@ -588,9 +622,87 @@ impl Worker {
         self.ready.push((key, gen));
     }
 
+    /// Decrypt the `n` bytes just read into `rbuf` and handle what they carried.
+    fn on_tls_input(&mut self, key: usize, n: usize) -> TlsRead {
+        let gen = self.conns[key].gen;
+        let (mut plain, mut out) = (std::mem::take(&mut self.pbuf), std::mem::take(&mut self.tbuf));
+        plain.clear();
+        out.clear();
+        let c = &mut self.conns[key];
+        let Some(tls) = c.tls_mut() else { return TlsRead::Ok };
+        let was_open = tls.is_open();
+        let got = tls.receive(&mut self.rbuf[..n], &mut plain, &mut out);
+        if !out.is_empty() {
+            let sent = c.send_raw(&out);
+            self.account(key, sent);
+        }
+        let read = match got {
+            Err(e) => {
+                log::debug!("loop {}: TLS: {e}; dropping the connection ({} bytes of alert)", self.id, out.len());
+                let m = self.m();
+                if was_open {
+                    m.tls_errors_total.inc();
+                } else {
+                    m.tls_handshake_failures_total.inc();
+                }
+                if let (crate::net::tls::TlsError::NotTls { http: true }, true) = (&e, self.live(key, gen)) {
+                    // Say so in plain text: someone typed http:// for an https:// address.
+                    let mut resp = Vec::new();
+                    http::write_response(
+                        &mut resp,
+                        400,
+                        &[],
+                        "text/plain",
+                        b"this port speaks TLS: use https:// or wss://\n",
+                        false,
+                    );
+                    let _ = self.conns[key].send_raw(&resp);
+                }
+                if self.live(key, gen) {
+                    self.linger_discarding(key);
+                }
+                TlsRead::Closed
+            }
+            Ok(got) => {
+                if got.opened {
+                    self.m().tls_handshakes_total.inc();
+                }
+                if !plain.is_empty() && self.live(key, gen) {
+                    self.on_input(key, &mut plain);
+                }
+                if !self.live(key, gen) {
+                    TlsRead::Closed
+                } else if got.peer_closed {
+                    TlsRead::PeerClosed
+                } else {
+                    TlsRead::Ok
+                }
+            }
+        };
+        if plain.capacity() <= READ_BUF * 2 {
+            self.pbuf = plain;
+        }
+        if out.capacity() <= READ_BUF {
+            self.tbuf = out;
+        }
+        read
+    }
+
+    /// Shut our side and read (and drop) what the peer still sends, until its EOF or the close
+    /// timeout: its last input would otherwise make our close a reset that loses our last bytes.
+    fn linger_discarding(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        c.flags |= flags::DISCARD;
+        if !c.has_queue() {
+            c.flags |= flags::WR_SHUT;
+            let _ = c.stream.shutdown(Shutdown::Write);
+        }
+        self.arm(key, self.scfg.close_timeout);
+    }
+
     fn on_writable(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        if c.out.is_none() {
+        if !c.has_queue() {
             return;
         }
         match c.flush() {
@@ -622,7 +734,11 @@ impl Worker {
             // A keep-alive client that is done.
             Phase::Handshake if c.route == Route::KeepAlive && c.sess.is_idle() => self.drop_conn(key),
             Phase::Handshake => {
-                self.m().handshake_failures_total.inc();
+                if c.tls().is_some_and(|t| !t.is_open()) {
+                    self.m().tls_handshake_failures_total.inc();
+                } else {
+                    self.m().handshake_failures_total.inc();
+                }
                 self.drop_conn(key);
             }
             // Gone without a closing handshake (1006 abnormal closure).
@@ -1229,7 +1345,11 @@ impl Worker {
     fn close_slow(&mut self, key: usize) {
         self.m().slow_consumer_closes_total.inc();
         log::debug!("loop {}: slow consumer {key}: {} bytes queued", self.id, self.conns[key].queued());
-        if let Some(q) = self.conns[key].out.as_mut() {
+        let c = &mut self.conns[key];
+        // A TLS queue holds records under running sequence numbers: dropping some would make
+        // the rest (the close frame included) undecryptable. It stays (bounded by the backlog)
+        // until the close timeout.
+        if let Some(q) = c.plain_queue() {
             let dropped = q.drop_unstarted();
             self.shared.metrics.mine(self.id).outbound_queued_bytes.sub(dropped as u64);
         }
@@ -1279,7 +1399,7 @@ impl Worker {
     /// connection whose client has closed its side is closed once its answers are out.
     fn settle(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        if c.out.is_some() {
+        if c.has_queue() {
             return;
         }
         match c.sess.phase() {
@@ -1287,6 +1407,16 @@ impl Worker {
             Phase::Handshake if c.has(flags::PEER_EOF) && !c.has(flags::AWAITING) => return self.drop_conn(key),
             _ => return,
         }
+        if c.tls().is_some_and(|t| t.is_open() && !t.sent_close()) {
+            // The TLS end of the stream first (a peer may tell a truncation from an end).
+            let sent = c.close_notify();
+            self.account(key, sent);
+            if self.conns.contains(key) {
+                self.settle(key);
+            }
+            return;
+        }
+        let c = &mut self.conns[key];
         if c.has(flags::CLOSE_WHEN_FLUSHED) {
             return self.drop_conn(key);
         }
@@ -1352,6 +1482,10 @@ impl Worker {
             if c.timer != e.id {
                 continue;
             }
+            if c.has(flags::DISCARD) {
+                self.drop_conn(key);
+                continue;
+            }
             if c.route == Route::Poll {
                 self.poll_timed_out(key);
                 continue;
@@ -1384,6 +1518,9 @@ impl Worker {
                     match why {
                         Expiry::Heartbeat => self.m().heartbeat_timeouts_total.inc(),
                         Expiry::Message => {}
+                        Expiry::Handshake if c.tls().is_some_and(|t| !t.is_open()) => {
+                            self.m().tls_handshake_failures_total.inc();
+                        }
                         Expiry::Handshake => {
                             // An idle keep-alive connection is not a failed handshake.
                             if c.route != Route::KeepAlive || !c.sess.is_idle() {
@@ -1516,4 +1653,13 @@ fn within(messages: &[Arc<RoomMessage>], cap: usize) -> impl Iterator<Item = &Ar
             *i == 0 || total <= cap
         })
         .map(|(_, m)| m)
+}
+
+/// What a TLS read came to.
+enum TlsRead {
+    Ok,
+    /// The peer sent close_notify (an EOF).
+    PeerClosed,
+    /// The connection is gone.
+    Closed,
 }

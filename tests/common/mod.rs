@@ -13,6 +13,7 @@ use c100k::proto::ws::handshake::{self, ParsedResponse};
 use c100k::server::{Config, Server};
 
 pub mod redis;
+pub mod tls;
 
 /// With `C100K_TEST_BROKER=redis`, [`server`] keeps rooms in a Redis this test process starts
 /// (one for the whole process, each server under its own key prefix): the same tests then check
@@ -585,7 +586,12 @@ impl Binary {
     }
 
     pub fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.log_count(needle) > 0
+    }
+
+    /// Log lines containing `needle` so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 }
 
