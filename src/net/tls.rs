@@ -166,13 +166,15 @@ impl ServerTls {
         Ok(got)
     }
 
-    /// After an error: the fatal alert rustls queued (the peer learns why), appended to `out`.
+    /// After an error: the records rustls queued, ending with the fatal alert (the peer learns
+    /// why), appended to `out`. The message that failed may have queued others first, e.g. a
+    /// ServerHello before an ALPN refusal.
+    ///
     /// `rest` is what was not discarded: rustls' handshake joiner may point into it, so every
-    /// call gets the bytes it has not released, never a fresh buffer.
-    /// Queued records come out before any input is looked at, ending with the alert (the
-    /// message that failed may have queued others first, e.g. a ServerHello before an ALPN
-    /// refusal). The loop stops at the alert: one more call would look at the input again, and
-    /// a record that failed to decrypt is not discarded, so it would fail (and be alerted) again.
+    /// call gets the bytes it has not released, never a fresh buffer. Queued records come out
+    /// before any input is looked at; the loop stops at the alert, because one more call would
+    /// look at the input again, and a record that failed to decrypt is not discarded, so it
+    /// would fail (and be alerted) again.
     fn alert(conn: &mut UnbufferedServerConnection, rest: &mut [u8], out: &mut Vec<u8>) {
         for _ in 0..4 {
             let UnbufferedStatus { state, .. } = conn.process_tls_records(rest);

@@ -360,39 +360,44 @@ impl Conn {
     /// Send bytes from a scratch buffer; the part the socket does not take is copied once into
     /// the queue.
     pub fn send_slice(&mut self, b: &[u8]) -> Sent {
-        match self.io.as_deref_mut() {
-            Some(Io { q, tls: Some(tls) }) => crate::net::tls::with_scratch(|ct| match tls.encrypt(b, ct) {
-                Ok(()) => hand_q(&mut self.stream, q, &mut self.flags, ct),
-                Err(_) => Sent::Broken,
-            }),
-            _ => self.send_raw(b),
+        if self.tls().is_none() {
+            return self.send_raw(b);
         }
+        crate::net::tls::with_scratch(|ct| match self.tls_mut().map(|tls| tls.encrypt(b, ct)) {
+            Some(Ok(())) => self.send_raw(ct),
+            _ => Sent::Broken,
+        })
     }
 
-    /// Send bytes exactly as given (on a TLS connection: records already made).
+    /// Send bytes exactly as given (on a TLS connection: records already made): straight to the
+    /// socket when nothing is queued, else behind what is; what the socket does not take is
+    /// copied once into the queue.
     pub fn send_raw(&mut self, b: &[u8]) -> Sent {
-        match self.io.as_deref_mut() {
-            Some(io) => hand_q(&mut self.stream, &mut io.q, &mut self.flags, b),
-            None => match crate::net::outq::write_some(&mut self.stream, b) {
-                Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
-                Ok(n) => {
-                    self.flags |= flags::BLOCKED;
-                    let io = self.io.get_or_insert_with(Box::default);
-                    Sent::Ok { written: n, queued: io.q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
-                }
-                Err(_) => Sent::Broken,
-            },
+        if b.is_empty() {
+            return Sent::Ok { written: 0, queued: 0 };
+        }
+        if let Some(io) = self.io.as_deref_mut().filter(|io| !io.q.is_empty()) {
+            return Sent::Ok { written: 0, queued: io.q.push(Bytes::copy_from_slice(b)) };
+        }
+        match crate::net::outq::write_some(&mut self.stream, b) {
+            Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
+            Ok(n) => {
+                self.flags |= flags::BLOCKED;
+                let q = &mut self.io.get_or_insert_with(Box::default).q;
+                Sent::Ok { written: n, queued: q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
+            }
+            Err(_) => Sent::Broken,
         }
     }
 
     /// On a TLS connection whose handshake is done: send close_notify (once).
     pub fn close_notify(&mut self) -> Sent {
-        let Some(Io { q, tls: Some(tls) }) = self.io.as_deref_mut() else {
+        if self.tls().is_none() {
             return Sent::Ok { written: 0, queued: 0 };
-        };
-        crate::net::tls::with_scratch(|ct| match tls.close_notify(ct) {
-            Ok(()) => hand_q(&mut self.stream, q, &mut self.flags, ct),
-            Err(_) => Sent::Broken,
+        }
+        crate::net::tls::with_scratch(|ct| match self.tls_mut().map(|tls| tls.close_notify(ct)) {
+            Some(Ok(())) => self.send_raw(ct),
+            _ => Sent::Broken,
         })
     }
 
@@ -417,24 +422,6 @@ impl Conn {
         }
         self.flags |= flags::BLOCKED;
         Ok((n, freed))
-    }
-}
-
-/// Write `b` now, or behind what `q` holds; what the socket does not take goes into `q`.
-fn hand_q(stream: &mut TcpStream, q: &mut OutQueue, fl: &mut u16, b: &[u8]) -> Sent {
-    if b.is_empty() {
-        return Sent::Ok { written: 0, queued: 0 };
-    }
-    if !q.is_empty() {
-        return Sent::Ok { written: 0, queued: q.push(Bytes::copy_from_slice(b)) };
-    }
-    match crate::net::outq::write_some(stream, b) {
-        Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
-        Ok(n) => {
-            *fl |= flags::BLOCKED;
-            Sent::Ok { written: n, queued: q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
-        }
-        Err(_) => Sent::Broken,
     }
 }
 

@@ -624,12 +624,12 @@ impl Worker {
 
     /// Decrypt the `n` bytes just read into `rbuf` and handle what they carried.
     fn on_tls_input(&mut self, key: usize, n: usize) -> TlsRead {
-        let gen = self.conns[key].gen;
+        let c = &mut self.conns[key];
+        let gen = c.gen;
+        let Some(tls) = c.tls_mut() else { return TlsRead::Ok };
         let (mut plain, mut out) = (std::mem::take(&mut self.pbuf), std::mem::take(&mut self.tbuf));
         plain.clear();
         out.clear();
-        let c = &mut self.conns[key];
-        let Some(tls) = c.tls_mut() else { return TlsRead::Ok };
         let was_open = tls.is_open();
         let got = tls.receive(&mut self.rbuf[..n], &mut plain, &mut out);
         if !out.is_empty() {
