@@ -15,8 +15,13 @@
 # messages, heartbeats off so no ping lands inside a case), runs the cases, prints the verdict
 # counts and exits non-zero if any case FAILED.
 #
+# AUTOBAHN_VIA_H2=1 runs the cases over HTTP/2 (RFC 8441): the suite connects to a test adapter
+# (tests/clients/h2_tunnel.mjs, Node) that carries each of its WebSockets in an extended-CONNECT
+# stream of one shared h2c connection to c100k.
+#
 # environment: AUTOBAHN_VENV (default target/autobahn-venv), AUTOBAHN_OUT (default
-# target/autobahn), AUTOBAHN_CASES (default '*'), C100K_BIN (skip the build, use this binary).
+# target/autobahn), AUTOBAHN_CASES (default '*'), C100K_BIN (skip the build, use this binary),
+# AUTOBAHN_VIA_H2.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,16 +46,29 @@ log=$out/server.log
 "$bin" --listen 127.0.0.1:0 --threads 2 --ping-interval 0 \
   --max-message-size $((64 << 20)) --max-backlog $((256 << 20)) --deflate-min-size 0 ${AUTOBAHN_SERVER_ARGS:-} >"$log" 2>&1 &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+tunnel=
+trap 'kill -TERM $pid $tunnel 2>/dev/null; wait $pid $tunnel 2>/dev/null || true' EXIT
 
-addr=
-for _ in $(seq 1 200); do
-  addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "$pid" 2>/dev/null || { echo "autobahn: c100k exited:"; cat "$log"; exit 2; }
-  sleep 0.05
-done
-[ -n "$addr" ] || { echo "autobahn: c100k did not start:"; cat "$log"; exit 2; }
+# listening_addr NAME PID LOG: the address a process (c100k, the tunnel) says it listens on.
+listening_addr() {
+  local a
+  for _ in $(seq 1 200); do
+    a=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$3" | head -n1)
+    [ -n "$a" ] && { echo "$a"; return; }
+    kill -0 "$2" 2>/dev/null || { echo "autobahn: $1 exited:" >&2; cat "$3" >&2; exit 2; }
+    sleep 0.05
+  done
+  echo "autobahn: $1 did not start:" >&2; cat "$3" >&2; exit 2
+}
+addr=$(listening_addr c100k "$pid" "$log")
+
+if [ -n "${AUTOBAHN_VIA_H2:-}" ]; then
+  node "$root/tests/clients/h2_tunnel.mjs" "http://$addr" >"$out/tunnel.log" 2>&1 &
+  tunnel=$!
+  server=$addr
+  addr=$(listening_addr "the HTTP/2 tunnel" "$tunnel" "$out/tunnel.log")
+  echo "autobahn: over HTTP/2, through the tunnel at $addr to c100k at $server"
+fi
 
 "$venv/bin/python" "$root/scripts/autobahn.py" "ws://$addr/echo" --out "$out" \
   --cases "$cases" --exclude "${AUTOBAHN_EXCLUDE:-}"

@@ -13,7 +13,9 @@
 #                ws-room (a seed-mode member of one room, /ws?room=idle), sse (an event stream of
 #                that room, /sse?room=idle), poll (a long poll of it, /poll?room=idle), wss (a
 #                WebSocket on /echo over TLS: the server runs with a throwaway ECDSA P-256
-#                certificate, TLS_KEY=rsa for RSA 2048)
+#                certificate, TLS_KEY=rsa for RSA 2048), h2 (a WebSocket on /echo in a stream of an
+#                h2c connection: bench-client --h2, STREAMS_PER_CONN per connection, default 100;
+#                the figure is per WebSocket, so it includes its share of the TCP connection)
 #   OUT          report directory (default bench-results/<UTC>-idle-memory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -40,7 +42,8 @@ case $transport in
     client=(--url "wss://ADDR/echo" --ca "$tls/ca.pem")
     SERVER_ARGS="${SERVER_ARGS:-} --tls-cert $tls/cert.pem --tls-key $tls/key.pem"
     ;;
-  *) die "TRANSPORT must be ws, ws-room, sse, poll or wss" ;;
+  h2) client=(--url "ws://ADDR/echo" --h2 --streams-per-conn "${STREAMS_PER_CONN:-100}") ;;
+  *) die "TRANSPORT must be ws, ws-room, sse, poll, wss or h2" ;;
 esac
 
 for run in $(seq 1 "$runs"); do
@@ -59,7 +62,13 @@ for run in $(seq 1 "$runs"); do
     spawn "$out/client-$server-$run.log" $(pin 1) "$BENCH" connect "${client[@]//ADDR/$addr}" --conns "$conns" \
       --hold 15 --connect-rate 20000 --procs auto --out "$out/bench-$server-$run" --quiet
     cpid=$SPAWNED
-    wait_established "$addr" "$conns" 60
+    if [ "$transport" = h2 ]; then
+      # Few TCP connections carry them: wait for the server to count the WebSockets.
+      for _ in $(seq 1 600); do [ "$(metric "$addr" c100k_websockets_open)" -ge "$conns" ] && break; sleep 0.1; done
+      [ "$(metric "$addr" c100k_websockets_open)" -ge "$conns" ] || die "not all $conns WebSockets opened"
+    else
+      wait_established "$addr" "$conns" 60
+    fi
     sleep 2 # let the ramp's transient allocations settle
     rss1=$(rss_kb "$spid"); slab1=$(slab_kb)
     per=$(( (rss1 - rss0) * 1024 / conns ))

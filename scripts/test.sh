@@ -12,7 +12,8 @@
 #      Debian's headless Chromium and the client in Node against real servers
 #      (tests/browser/run.mjs, puppeteer-core from npm; screenshots in target/browser/);
 #   4. the Autobahn TestSuite fuzzingclient cases 1.* to 10.*, and a subset of the permessage-deflate
-#      cases 12.* and 13.*, against a release build;
+#      cases 12.* and 13.*, against a release build; then again over HTTP/2 (RFC 8441) through a
+#      test adapter;
 #   5. a smoke pass of every fuzz target (scripts/fuzz.sh, 3 s each, cargo-fuzz); the committed
 #      corpora themselves replay in step 1 (tests/fuzz_corpus.rs);
 #   6. the kernel-profile script's own tests against a fake /proc/sys tree (it must pass on any
@@ -40,5 +41,9 @@ C100K_BIN=target/debug/c100k SHOTS=target/browser node --experimental-websocket 
 # first case of each other parameter group (./scripts/autobahn.sh alone runs all 517 cases, ~5 min).
 AUTOBAHN_CASES='1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,12.1.*,13.1.*,13.2.1,13.3.1,13.4.1,13.5.1,13.6.1,13.7.1' \
   ./scripts/autobahn.sh
+# The same cases over HTTP/2 (RFC 8441): each of the suite's WebSockets carried in a stream of one
+# shared h2c connection by the test adapter tests/clients/h2_tunnel.mjs.
+AUTOBAHN_VIA_H2=1 AUTOBAHN_OUT=target/autobahn-h2 \
+  AUTOBAHN_CASES='1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,12.1.*,13.1.*,13.2.1,13.3.1,13.4.1,13.5.1,13.6.1,13.7.1' ./scripts/autobahn.sh
 SMOKE=1 ./scripts/fuzz.sh 3
 ./scripts/test-apply-sysctl.sh

@@ -96,6 +96,12 @@ pub struct Args {
     #[arg(long, env = "C100K_MAX_ROOMS_PER_CONN", default_value_t = 64)]
     pub max_rooms_per_conn: usize,
 
+    /// Concurrent streams (WebSockets, requests) per HTTP/2 connection. HTTP/2 is served on the
+    /// TLS port to clients offering ALPN h2, and with prior knowledge (h2c) on a plain port.
+    /// 0 serves HTTP/1.1 only.
+    #[arg(long, env = "C100K_H2_MAX_STREAMS", default_value_t = 100)]
+    pub h2_max_streams: u32,
+
     /// Messages a second one connection may publish (with a burst of as many); past it the
     /// message is refused (rate_limited), and a client that keeps going is closed with 1008.
     /// 0 disables the limit.
@@ -285,6 +291,7 @@ impl Args {
             allowed_origins: self.allowed_origins.clone(),
             api_key: self.api_key.clone(),
             max_rooms_per_conn: self.max_rooms_per_conn.max(1),
+            h2_max_streams: self.h2_max_streams,
             max_publish_rate: self.max_publish_rate,
             history_size: self.history_size,
             history_ttl: self.history_ttl,

@@ -123,9 +123,13 @@ fn alpn_chooses_http11_and_refuses_what_it_cannot_serve() {
     let srv = tls_server(&certs, |_| {});
     let s = connect(srv.local_addr(), certs.client()).unwrap();
     assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let mut only_h2 = (*certs.client()).clone();
-    only_h2.alpn_protocols = vec![b"h2".to_vec()];
-    let err = connect(srv.local_addr(), std::sync::Arc::new(only_h2)).expect_err("refused");
+    let mut both = (*certs.client()).clone();
+    both.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
+    let s = connect(srv.local_addr(), std::sync::Arc::new(both)).unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]), "HTTP/2 preferred (tests/h2.rs speaks it)");
+    let mut only_h3 = (*certs.client()).clone();
+    only_h3.alpn_protocols = vec![b"h3".to_vec()];
+    let err = connect(srv.local_addr(), std::sync::Arc::new(only_h3)).expect_err("refused");
     assert!(err.to_string().contains("received fatal alert: NoApplicationProtocol"), "told why: {err}");
     wait_for("the refusal is counted", Duration::from_secs(5), || srv.metrics().tls_handshake_failures_total == 1);
 }

@@ -214,6 +214,13 @@ pub struct Common {
     /// about like real messages; use it with --deflate).
     #[arg(long, value_enum, default_value_t = Padding::X)]
     pub payload: Padding,
+    /// WebSockets over HTTP/2 (RFC 8441 extended CONNECT): --streams-per-conn of them share each
+    /// TCP connection. ws:// speaks h2c with prior knowledge, wss:// offers ALPN h2.
+    #[arg(long)]
+    pub h2: bool,
+    /// With --h2: WebSockets per HTTP/2 connection.
+    #[arg(long, default_value_t = 100, value_name = "K")]
+    pub streams_per_conn: u32,
     /// wss:// and https://: accept any server certificate (signatures are still checked).
     #[arg(long)]
     pub insecure: bool,
@@ -288,7 +295,11 @@ impl Cli {
         let targets = url.split(',').map(|u| Target::parse(u.trim())).collect::<Result<Vec<_>, _>>()?;
         let tls = crate::tls::TlsOptions { insecure: common.insecure, ca: common.ca.clone() };
         if targets.iter().any(|t| t.tls) {
-            tls.config()?; // a missing or bad --ca is said now, not by every worker
+            tls.config(false)?; // a missing or bad --ca is said now, not by every worker
+        }
+        let h2 = common.h2.then_some(common.streams_per_conn.max(1));
+        if h2.is_some() && transport != Transport::Ws {
+            return Err("--h2 carries WebSockets: not with --transport sse or poll".into());
         }
         let sources = match &common.src {
             Some(s) => parse_sources(s)?,
@@ -305,6 +316,7 @@ impl Cli {
         parameters["connect_rate"] = connect_rate.unwrap_or(common.connect_rate).into();
         parameters["concurrency"] = common.concurrency.into();
         parameters["deflate"] = common.deflate.into();
+        parameters["h2_streams_per_conn"] = h2.into();
         parameters["payload"] = if common.payload == Padding::Words { "words" } else { "x" }.into();
         Ok(Run {
             name,
@@ -312,6 +324,7 @@ impl Cli {
             transport,
             deflate: common.deflate,
             words: common.payload == Padding::Words,
+            h2,
             tls,
             targets,
             conns,

@@ -30,6 +30,8 @@ pub struct Run {
     pub deflate: bool,
     /// Text padding in payloads (`--payload words`).
     pub words: bool,
+    /// `--h2`: WebSockets per HTTP/2 connection.
+    pub h2: Option<u32>,
     /// Certificate checks for wss:// and https://.
     pub tls: crate::tls::TlsOptions,
     /// The URLs connections are spread over (connection i → URL i mod n).
@@ -215,6 +217,7 @@ fn spawn(r: &Run, tx: &mpsc::Sender<Msg>) -> Result<Vec<Worker>, String> {
             transport: r.transport,
             deflate: r.deflate,
             words: r.words,
+            h2: r.h2,
             targets: r.targets.clone(),
             first,
             count,

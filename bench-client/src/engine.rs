@@ -33,6 +33,8 @@ use crate::stats::{record_ns, Outcome, H_CONNECT, H_DELIVERY, H_HANDSHAKE, H_RES
 use crate::tls::Stream;
 use crate::v1;
 
+mod hubs;
+
 pub const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 * 1024;
 const TICK_NS: u64 = 10_000_000;
@@ -167,6 +169,10 @@ pub struct Engine {
     next_gen: u32,
     next_timer: u32,
     out: Outcome,
+    /// `--h2`: the HTTP/2 connections, the one being filled with streams, and those to drive.
+    hubs: Slab<hubs::Hub>,
+    hub_filling: Option<(usize, u32)>,
+    hub_dirty: Vec<(u32, u32)>,
 }
 
 impl Engine {
@@ -184,7 +190,7 @@ impl Engine {
         .max(1 << 16);
         let ticks = |ns: u64| (ns / TICK_NS).max(1) as u32;
         let tls = match job.targets.iter().any(|t| t.tls) {
-            true => job.tls.config().map_err(|e| log::error!("{e}")).ok(),
+            true => job.tls.config(job.h2.is_some()).map_err(|e| log::error!("{e}")).ok(),
             false => None,
         };
         Engine {
@@ -232,6 +238,9 @@ impl Engine {
             next_gen: 0,
             next_timer: 0,
             out: Outcome::default(),
+            hubs: Slab::new(),
+            hub_filling: None,
+            hub_dirty: Vec::new(),
             job,
         }
     }
@@ -251,6 +260,7 @@ impl Engine {
             let now = now_ns();
             self.open_more(now);
             self.send_due(now);
+            self.drive_dirty_hubs();
             let tick = self.tick(now);
             self.wheel.expire(tick, &mut expired);
             for e in expired.drain(..) {
@@ -281,6 +291,8 @@ impl Engine {
                     self.send_due(now_ns());
                 }
             }
+            // What members wrote into their HTTP/2 streams goes out.
+            self.drive_dirty_hubs();
         }
         let stragglers: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in stragglers {
@@ -349,6 +361,10 @@ impl Engine {
             if !self.resuming.contains_key(&idx) {
                 self.out.attempted += 1;
             }
+            if let Some(per_hub) = self.job.h2 {
+                self.open_over_h2(idx, per_hub, now);
+                continue;
+            }
             let src = (!self.job.sources.is_empty()).then(|| self.job.sources[idx as usize % self.job.sources.len()]);
             let stream = match net::start_connect(src, self.target_for(idx).addr) {
                 Ok(s) => s,
@@ -369,7 +385,6 @@ impl Engine {
                 self.count_failure(Failure::from_io(&e));
                 continue;
             }
-            let transport = self.transport_of(idx);
             let target = self.target_for(idx);
             let stream = match (&self.tls, target.tls) {
                 (Some(cfg), true) => match Stream::tls(stream, cfg.clone(), &target.host) {
@@ -386,26 +401,34 @@ impl Engine {
                 }
                 (_, false) => Stream::Plain(stream),
             };
-            self.conns.insert(Conn {
-                stream,
-                idx,
-                gen,
-                timer: 0,
-                open_pos: u32::MAX,
-                sender_pos: u32::MAX,
-                state: State::Connecting,
-                t_mark: now,
-                sess: Session::new_open(0),
-                out: None,
-                transport,
-            });
-            self.inflight += 1;
-            self.live.inflight.set(self.inflight as u64);
-            self.arm(key, self.scfg.handshake_timeout);
+            self.start_member(stream, idx, gen, now);
         }
         if self.todo.is_empty() && self.inflight == 0 && self.live.settled.get() == 0 {
             self.live.settled.set(1);
         }
+    }
+
+    /// A connection attempt for member `idx` begins (counted in flight, under the handshake
+    /// timeout); returns its slab key.
+    fn start_member(&mut self, stream: Stream, idx: u32, gen: u32, now: u64) -> usize {
+        let transport = self.transport_of(idx);
+        let key = self.conns.insert(Conn {
+            stream,
+            idx,
+            gen,
+            timer: 0,
+            open_pos: u32::MAX,
+            sender_pos: u32::MAX,
+            state: State::Connecting,
+            t_mark: now,
+            sess: Session::new_open(0),
+            out: None,
+            transport,
+        });
+        self.inflight += 1;
+        self.live.inflight.set(self.inflight as u64);
+        self.arm(key, self.scfg.handshake_timeout);
+        key
     }
 
     fn count_failure(&mut self, f: Failure) {
@@ -429,6 +452,9 @@ impl Engine {
     fn on_event(&mut self, ev: &mio::event::Event) {
         let key = ev.token().0 & 0xffff_ffff;
         let gen = (ev.token().0 >> 32) as u32;
+        if key & hubs::HUB != 0 {
+            return self.on_hub_event(key & !hubs::HUB, gen, ev);
+        }
         if !self.live(key, gen) {
             return;
         }
@@ -448,14 +474,16 @@ impl Engine {
 
     fn finish_connect(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        match c.stream.tcp().take_error() {
-            Ok(None) => {}
-            Ok(Some(e)) | Err(e) => return self.fail(key, Failure::from_io(&e)),
-        }
-        match c.stream.tcp().peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-            Err(e) => return self.fail(key, Failure::from_io(&e)),
+        if let Some(tcp) = c.stream.tcp() {
+            match tcp.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail(key, Failure::from_io(&e)),
+            }
+            match tcp.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => return self.fail(key, Failure::from_io(&e)),
+            }
         }
         let now = now_ns();
         record_ns(&mut self.out.hist[H_CONNECT], now - c.t_mark);
@@ -973,7 +1001,9 @@ impl Engine {
     fn resume(&mut self, key: usize) {
         let c = &self.conns[key];
         let idx = c.idx;
-        let _ = socket2::SockRef::from(c.stream.tcp()).set_linger(Some(Duration::ZERO));
+        if let Some(s) = c.stream.tcp() {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
         self.resuming.insert(idx, now_ns());
         self.remove(key);
         self.todo.push(idx);
@@ -1003,6 +1033,11 @@ impl Engine {
 
     fn remove(&mut self, key: usize) {
         let Some(c) = self.conns.try_remove(key) else { return };
+        if let Stream::Inner(p) = &c.stream {
+            // Its stream ends (or is reset, with bytes unsent).
+            let unsent = c.out.as_ref().is_some_and(|q| !q.is_empty());
+            p.close(if unsent { c100k::net::pipe::Closed::Abort } else { c100k::net::pipe::Closed::Done });
+        }
         if matches!(c.state, State::Connecting | State::Upgrading | State::Joining) {
             self.inflight -= 1;
             self.live.inflight.set(self.inflight as u64);

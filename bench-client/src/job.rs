@@ -60,6 +60,9 @@ pub struct Job {
     /// Pad payloads with text (words) instead of one repeated byte: compresses like real text.
     #[serde(default)]
     pub words: bool,
+    /// WebSockets over HTTP/2, this many per TCP connection (`--h2 --streams-per-conn`).
+    #[serde(default)]
+    pub h2: Option<u32>,
     /// Connection i opens `targets[i % n]`; a failover reconnect moves to the next one.
     pub targets: Vec<Target>,
     /// This worker opens connections with global indices `first..first + count`.

@@ -9,6 +9,7 @@ mod cli;
 mod clock;
 mod coordinator;
 mod engine;
+mod h2;
 mod job;
 mod machine;
 mod net;

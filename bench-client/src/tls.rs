@@ -31,7 +31,8 @@ pub struct TlsOptions {
 impl TlsOptions {
     /// The client configuration for a run. Without --ca or --insecure there is nothing to
     /// trust (bench-client carries no public root store: it is for servers you run).
-    pub fn config(&self) -> Result<Arc<ClientConfig>, String> {
+    /// `h2`: offer ALPN h2 (for `--h2`) instead of http/1.1.
+    pub fn config(&self, h2: bool) -> Result<Arc<ClientConfig>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -56,18 +57,19 @@ impl TlsOptions {
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
         // Every connection is a new handshake: the figure measured is full handshakes.
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
 
-/// A socket, plain or behind TLS.
+/// A socket, plain or behind TLS, or (`--h2`) a WebSocket's stream inside an HTTP/2 connection.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    Inner(c100k::net::pipe::Pipe),
 }
 
 impl Stream {
@@ -79,18 +81,19 @@ impl Stream {
         Ok(Stream::Tls(Box::new(TlsStream { conn, sock })))
     }
 
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath (none for a stream inside HTTP/2).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(t) => &t.sock,
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(t) => Some(&t.sock),
+            Stream::Inner(_) => None,
         }
     }
 
     /// Write what TLS has pending (handshake records, buffered data). A no-op when plain.
     pub fn flush_tls(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(_) => Ok(()),
+            Stream::Plain(_) | Stream::Inner(_) => Ok(()),
             Stream::Tls(t) => t.flush_tls(),
         }
     }
@@ -110,6 +113,7 @@ impl Read for Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(t) => t.read(buf),
+            Stream::Inner(p) => p.read(buf),
         }
     }
 }
@@ -119,6 +123,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(t) => t.write(buf),
+            Stream::Inner(p) => p.write(buf),
         }
     }
 
@@ -126,6 +131,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write_vectored(bufs),
             Stream::Tls(t) => t.write_vectored(bufs),
+            Stream::Inner(p) => p.write_vectored(bufs),
         }
     }
 

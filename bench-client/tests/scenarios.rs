@@ -539,3 +539,74 @@ fn wss_connections_are_verified_with_ca_or_taken_with_insecure() {
     }
     assert_eq!(srv.metrics().tls_handshakes_total, 70);
 }
+
+#[test]
+fn h2_carries_many_websockets_per_connection_for_every_scenario() {
+    let srv = c100k(|_| {});
+    let base = format!("ws://{}", srv.local_addr());
+    // 300 idle WebSockets, 50 to an HTTP/2 connection (one client thread, so 6 connections).
+    let (s, _d) = bench(&[
+        "connect",
+        "--url",
+        &format!("{base}/echo"),
+        "--conns",
+        "300",
+        "--hold",
+        "0.2",
+        "--h2",
+        "--streams-per-conn",
+        "50",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(u(&s["connections"]["established"]), 300);
+    assert_eq!(s["parameters"]["h2_streams_per_conn"], 50);
+    let m = srv.metrics();
+    assert_eq!((m.h2_connections_total, m.h2_websockets_total), (6, 300));
+    // Echo: every message back, none lost.
+    let (s, _d) = bench(&[
+        "echo",
+        "--url",
+        &format!("{base}/echo"),
+        "--conns",
+        "40",
+        "--duration",
+        "1",
+        "--h2",
+        "--threads",
+        "1",
+    ]);
+    let msgs = &s["messages"];
+    assert!(u(&msgs["received"]) > 100 && u(&msgs["received"]) == u(&msgs["sent"]), "{msgs}");
+    // A room: every delivery, in order, over streams.
+    let (s, _d) = bench(&[
+        "broadcast",
+        "--url",
+        &format!("{base}/ws?room={{room}}"),
+        "--members",
+        "60",
+        "--rooms",
+        "2",
+        "--senders",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--h2",
+        "--streams-per-conn",
+        "20",
+        "--threads",
+        "1",
+    ]);
+    let m = &s["messages"];
+    let sent = u(&m["sent"]);
+    assert!(sent > 10, "{m}");
+    assert_eq!(u(&m["received"]), sent * 29, "30 members a room: 29 recipients per message");
+    assert_eq!((m["lost"].as_i64(), u(&m["duplicated"]), u(&m["out_of_order"])), (Some(0), 0, 0));
+    // Refused upgrades are told by their status, as over HTTP/1.1.
+    let (s, _d) = bench_exit(&["connect", "--url", &format!("{base}/nope"), "--conns", "10", "--hold", "0", "--h2"], 1);
+    assert_eq!(u(&s["connections"]["failures"]["http_404"]), 10, "{}", s["connections"]);
+    let m = srv.metrics();
+    assert_eq!(m.h2_websockets_total, 300 + 40 + 60);
+}

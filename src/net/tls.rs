@@ -78,6 +78,11 @@ impl ServerTls {
     }
 
     /// The handshake is done: application data flows.
+    /// The protocol agreed by ALPN, once the handshake is done.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }

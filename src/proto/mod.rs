@@ -4,6 +4,7 @@
 //! bytes and ticks in and write what comes out. Everything is unit-tested on buffers.
 
 pub mod base64;
+pub mod bridge;
 pub mod http;
 pub mod sse;
 pub mod v1;

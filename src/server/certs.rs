@@ -40,7 +40,8 @@ pub struct Tls {
 
 impl Tls {
     /// Load the files; errors say which file and what is wrong with it.
-    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
+    /// `h2`: offer HTTP/2 in ALPN.
+    pub fn load(files: &TlsFiles, h2: bool) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = Arc::new(Current(RwLock::new(Arc::new(certified_key(files, &provider)?))));
         let mut config = ServerConfig::builder_with_provider(provider.clone())
@@ -48,9 +49,11 @@ impl Tls {
             .map_err(|e| format!("TLS: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
-        // HTTP/1.1 now; `h2` joins when HTTP/2 is served. A client offering only other
-        // protocols is refused (no_application_protocol), one offering none is served.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first (browsers then carry their WebSockets over it, RFC 8441), HTTP/1.1 for
+        // the rest. A client offering only other protocols is refused
+        // (no_application_protocol), one offering none is served HTTP/1.1.
+        config.alpn_protocols =
+            if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
         // Resumption by stateless tickets: nothing per session on the server, and a reconnect
         // storm after a restart of the clients skips the signature.
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;

@@ -3,16 +3,19 @@
 //! flags, the protocol session, a pointer to an outbound queue that exists only while writes
 //! block, and a pointer to room state ([`Peer`]) that exists only for room members.
 
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::net::outq::OutQueue;
+use crate::net::pipe::{Closed, Pipe};
 use crate::net::tls::ServerTls;
 use crate::proto::v1::Position;
 use crate::proto::ws::session::Session;
+use crate::server::h2::H2Conn;
 
 /// Bytes of the slab entry we allow (`tests/` measures it): 4 (socket) + 4 (generation) +
 /// 4 (timer id) + 4 (route, flags) + 24 (session) + 8 (queue and TLS pointer) + 8 (peer
@@ -37,6 +40,8 @@ pub enum Route {
     Sse,
     /// A long poll (`/poll`) waiting for its room: an HTTP request not yet answered.
     Poll,
+    /// An HTTP/2 connection: its streams are connections of their own (see `server::h2`).
+    H2,
 }
 
 impl Route {
@@ -254,9 +259,65 @@ impl Peer {
     }
 }
 
+/// Where a connection's bytes go: its own socket, or a stream inside an HTTP/2 connection (whose
+/// pipe is in its [`Io`]). 4 bytes: the stream variant takes the descriptor's niche.
+#[derive(Debug)]
+pub enum Sock {
+    Tcp(TcpStream),
+    Inner,
+}
+
+/// What else a connection's bytes pass through, beside the queue.
+#[derive(Debug, Default)]
+pub enum Link {
+    #[default]
+    None,
+    /// This connection speaks HTTP/2: the multiplexer of its streams.
+    H2(Box<H2Conn>),
+    /// This connection is a stream inside an HTTP/2 connection: its end of the pipe.
+    Stream(Pipe),
+}
+
+/// The writer a queue flushes into: the socket, or the stream's pipe.
+enum Target<'a> {
+    Tcp(&'a mut TcpStream),
+    Pipe(&'a Pipe),
+    None,
+}
+
+impl Write for Target<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Target::Tcp(s) => s.write(b),
+            Target::Pipe(p) => p.write(b),
+            Target::None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Target::Tcp(s) => s.write_vectored(bufs),
+            Target::Pipe(p) => p.write_vectored(bufs),
+            Target::None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn target<'a>(stream: &'a mut Sock, link: Option<&'a Link>) -> Target<'a> {
+    match (stream, link) {
+        (Sock::Tcp(s), _) => Target::Tcp(s),
+        (Sock::Inner, Some(Link::Stream(p))) => Target::Pipe(p),
+        (Sock::Inner, _) => Target::None,
+    }
+}
+
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Sock,
     /// Upper half of the mio token: events for a recycled slab key are recognised as stale.
     pub gen: u32,
     /// Id of the connection's live timer entry; older entries are stale.
@@ -283,6 +344,8 @@ pub struct Io {
     /// plain connection's `Io` is made and freed on every blocked write and fan-out, so it
     /// stays small (rustls' state is over 1 KB).
     pub tls: Option<Box<ServerTls>>,
+    /// HTTP/2: the multiplexer (on the TCP connection) or the pipe (on a stream).
+    pub link: Link,
 }
 
 /// Result of handing bytes to a connection.
@@ -296,13 +359,88 @@ pub enum Sent {
 
 impl Conn {
     pub fn new(stream: TcpStream, gen: u32, sess: Session) -> Self {
-        Conn { stream, gen, timer: 0, route: Route::Http, flags: 0, sess, io: None, peer: None }
+        Conn { stream: Sock::Tcp(stream), gen, timer: 0, route: Route::Http, flags: 0, sess, io: None, peer: None }
+    }
+
+    /// A stream inside an HTTP/2 connection, reading and writing through `pipe`.
+    pub fn inner(pipe: Pipe, gen: u32, sess: Session) -> Self {
+        let io = Box::new(Io { link: Link::Stream(pipe), ..Io::default() });
+        Conn { stream: Sock::Inner, gen, timer: 0, route: Route::Http, flags: 0, sess, io: Some(io), peer: None }
     }
 
     /// A connection that speaks TLS from its first byte.
     pub fn with_tls(mut self, tls: ServerTls) -> Self {
-        self.io = Some(Box::new(Io { q: OutQueue::default(), tls: Some(Box::new(tls)) }));
+        self.io = Some(Box::new(Io { tls: Some(Box::new(tls)), ..Io::default() }));
         self
+    }
+
+    /// The TCP socket (none for a stream inside an HTTP/2 connection).
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match &self.stream {
+            Sock::Tcp(s) => Some(s),
+            Sock::Inner => None,
+        }
+    }
+
+    /// The pipe of a stream inside an HTTP/2 connection.
+    pub fn pipe(&self) -> Option<&Pipe> {
+        match self.io.as_deref().map(|io| &io.link) {
+            Some(Link::Stream(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Read from the socket or the stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Inner => match self.pipe() {
+                Some(p) => p.read(buf),
+                None => Err(io::ErrorKind::NotConnected.into()),
+            },
+        }
+    }
+
+    /// Shut our writing side (a stream: its END_STREAM once its bytes are out).
+    pub fn shutdown_write(&mut self) {
+        match &self.stream {
+            Sock::Tcp(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            Sock::Inner => {
+                if let Some(p) = self.pipe() {
+                    p.shutdown_write();
+                }
+            }
+        }
+    }
+
+    /// A stream going away tells its multiplexer whether it finished or its bytes are cut.
+    pub fn close_inner(&self) {
+        if let Some(p) = self.pipe() {
+            p.close(if self.has_queue() { Closed::Abort } else { Closed::Done });
+        }
+    }
+
+    /// The HTTP/2 multiplexer, taken out to be driven (put back with [`Conn::put_h2`]).
+    pub fn take_h2(&mut self) -> Option<Box<H2Conn>> {
+        let io = self.io.as_deref_mut()?;
+        match std::mem::take(&mut io.link) {
+            Link::H2(h) => Some(h),
+            other => {
+                io.link = other;
+                None
+            }
+        }
+    }
+
+    pub fn put_h2(&mut self, h: Box<H2Conn>) {
+        self.io.get_or_insert_with(Box::default).link = Link::H2(h);
+    }
+
+    /// The `Io` must outlive an empty queue (TLS, HTTP/2, a stream's pipe).
+    fn io_stays(io: &Io) -> bool {
+        io.tls.is_some() || !matches!(io.link, Link::None)
     }
 
     pub fn has(&self, f: u16) -> bool {
@@ -379,12 +517,17 @@ impl Conn {
         if let Some(io) = self.io.as_deref_mut().filter(|io| !io.q.is_empty()) {
             return Sent::Ok { written: 0, queued: io.q.push(Bytes::copy_from_slice(b)) };
         }
-        match crate::net::outq::write_some(&mut self.stream, b) {
-            Ok(n) if n == b.len() => Sent::Ok { written: n, queued: 0 },
+        let link = self.io.as_deref().map(|io| &io.link);
+        // (A stream's bytes are counted as sent by its connection's socket, not here.)
+        let tcp = matches!(self.stream, Sock::Tcp(_));
+        let counted = |n: usize| if tcp { n } else { 0 };
+        match crate::net::outq::write_some(&mut target(&mut self.stream, link), b) {
+            Ok(n) if n == b.len() => Sent::Ok { written: counted(n), queued: 0 },
             Ok(n) => {
+                let written = counted(n);
                 self.flags |= flags::BLOCKED;
                 let q = &mut self.io.get_or_insert_with(Box::default).q;
-                Sent::Ok { written: n, queued: q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
+                Sent::Ok { written, queued: q.push_rest(Bytes::copy_from_slice(&b[n..]), n > 0) }
             }
             Err(_) => Sent::Broken,
         }
@@ -409,10 +552,14 @@ impl Conn {
         let Some(io) = self.io.as_deref_mut() else {
             return Ok((0, 0));
         };
-        let (n, freed) = io.q.flush(&mut self.stream)?;
+        let Io { q, link, .. } = io;
+        let (mut n, freed) = q.flush(&mut target(&mut self.stream, Some(link)))?;
+        if matches!(self.stream, Sock::Inner) {
+            n = 0; // counted by its connection's socket
+        }
         if io.q.is_empty() {
             let rest = io.q.cost();
-            if io.tls.is_some() {
+            if Self::io_stays(io) {
                 io.q = OutQueue::default();
             } else {
                 self.io = None;

@@ -64,7 +64,7 @@ pub fn on_message(cx: &mut Ctx<'_>, key: usize, text: bool, data: &[u8]) -> Afte
         }
         Route::Raw => raw(cx, key, text, data),
         Route::V1 => v1_command(cx, key, text, data),
-        Route::Http | Route::KeepAlive | Route::Sse | Route::Poll => After::Continue,
+        Route::Http | Route::KeepAlive | Route::Sse | Route::Poll | Route::H2 => After::Continue,
     }
 }
 

@@ -60,6 +60,14 @@ metrics! {
     tls_handshakes_total: "counter", "TLS handshakes completed (with --tls-cert).";
     tls_handshake_failures_total: "counter", "Connections dropped before their TLS handshake completed: not TLS (plain HTTP is answered 400 first), a ClientHello rustls refused, a handshake timeout, or a reset.";
     tls_errors_total: "counter", "TLS connections dropped after the handshake for a bad record or a fatal alert.";
+    h2_connections_total: "counter", "HTTP/2 connections started (ALPN h2, or the prior-knowledge preface on a plain port).";
+    h2_connections_open: "gauge", "HTTP/2 connections open.";
+    h2_streams_total: "counter", "HTTP/2 streams accepted (WebSockets by extended CONNECT, and requests).";
+    h2_streams_open: "gauge", "HTTP/2 streams open with a connection of their own (each also counts as a WebSocket, event stream or request).";
+    h2_websockets_total: "counter", "WebSockets opened over HTTP/2 (RFC 8441 extended CONNECT answered 200).";
+    h2_stream_resets_total: "counter", "HTTP/2 streams reset by the client (RST_STREAM).";
+    h2_refused_streams_total: "counter", "HTTP/2 streams answered by the multiplexer itself (a request that does not translate, a body too large, no room).";
+    h2_errors_total: "counter", "HTTP/2 connections ended by a protocol error (ours or the client's GOAWAY), including the flood and rapid-reset bounds.";
     handshake_failures_total: "counter", "Connections that ended before a WebSocket handshake completed (rejected requests, timeouts, resets), not counting /healthz and /metrics.";
     http_requests_total: "counter", "Plain HTTP answers (health, metrics, API, errors to non-WebSocket requests).";
     messages_received_total: "counter", "WebSocket data messages received.";

@@ -40,6 +40,7 @@ use crate::proto::ws::session::{Arm, Ending, Event as WsEvent, Expiry, Phase, Se
 use crate::rooms::message::{ConnRef, Payload, RoomMessage};
 use crate::timer::{Entry, Wheel};
 
+mod h2;
 mod streams;
 
 /// Per-thread read buffer.
@@ -78,6 +79,10 @@ pub(crate) struct Worker {
     pbuf: Vec<u8>,
     /// TLS records a read made us send (handshake flights, alerts).
     tbuf: Vec<u8>,
+    /// HTTP/2 connections to drive, frames to send, what their streams need.
+    h2_dirty: Vec<(u32, u32)>,
+    h2_out: Vec<u8>,
+    h2_actions: Vec<super::h2::Action>,
     rooms: Rooms,
     relay: Relay,
     mailbox: Arc<Mailbox>,
@@ -145,6 +150,9 @@ impl Worker {
             cbuf: Vec::with_capacity(256),
             pbuf: Vec::new(),
             tbuf: Vec::new(),
+            h2_dirty: Vec::new(),
+            h2_out: Vec::new(),
+            h2_actions: Vec::new(),
             rooms: Rooms::new(
                 id,
                 shared.broker.clone(),
@@ -249,8 +257,10 @@ impl Worker {
         for _ in 0..MAILBOX_ROUNDS {
             let served = self.serve_mailbox();
             self.relay.flush_dirty(&mut self.conns, self.shared.metrics.mine(self.id));
+            // Streams' output (written by the flush) becomes HTTP/2 frames.
+            let driven = self.drive_dirty_h2();
             let closed = self.close_slow_and_broken() + self.enforce_outbound_budget();
-            if served == 0 && closed == 0 {
+            if served == 0 && closed == 0 && driven == 0 {
                 break;
             }
         }
@@ -451,16 +461,12 @@ impl Worker {
             }
             None => None,
         };
+        let gen = self.next_gen();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if key >= u32::MAX as usize {
             return; // cannot be encoded in a token; the stream is closed on drop
         }
-        self.next_gen = self.next_gen.wrapping_add(1);
-        if self.next_gen == u32::MAX {
-            self.next_gen = 0; // u32::MAX would collide with the listener and waker tokens
-        }
-        let gen = self.next_gen;
         let token = Token(((gen as usize) << 32) | key);
         if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
             log::warn!("loop {}: registering a connection failed: {e}", self.id);
@@ -496,6 +502,15 @@ impl Worker {
         self.arm(key, timeout);
     }
 
+    /// A generation for a new slab entry.
+    fn next_gen(&mut self) -> u32 {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        if self.next_gen == u32::MAX {
+            self.next_gen = 0; // u32::MAX would collide with the listener and waker tokens
+        }
+        self.next_gen
+    }
+
     // ---- readiness ----
 
     fn live(&self, key: usize, gen: u32) -> bool {
@@ -528,17 +543,22 @@ impl Worker {
 
     fn on_readable(&mut self, key: usize, to_the_end: bool) {
         let gen = self.conns[key].gen;
+        if self.rbuf.is_empty() {
+            // Inside another connection's read (an HTTP/2 stream woken by the bytes its
+            // connection just read, which the buffer still holds): later in this iteration.
+            return self.ready.push((key, gen));
+        }
         for _ in 0..READS_PER_EVENT {
             let c = &mut self.conns[key];
             if c.route == Route::Poll && to_the_end {
                 // The client of a waiting long poll went away.
                 return self.drop_conn(key);
             }
-            if c.has(flags::PEER_EOF) || c.has(flags::AWAITING) {
+            if c.has(flags::PEER_EOF) || c.has(flags::AWAITING) || (c.route == Route::H2 && c.has(flags::READ_PAUSED)) {
                 return;
             }
             if c.has(flags::DISCARD) {
-                return match c.stream.read(&mut self.rbuf) {
+                return match c.read(&mut self.rbuf) {
                     Ok(0) => self.drop_conn(key),
                     Ok(_) => self.ready.push((key, gen)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -580,10 +600,12 @@ impl Worker {
                 }
                 return;
             }
-            match c.stream.read(&mut self.rbuf) {
+            match c.read(&mut self.rbuf) {
                 Ok(0) => return self.on_eof(key),
                 Ok(n) => {
-                    self.m().bytes_received_total.add(n as u64);
+                    if self.conns[key].tcp().is_some() {
+                        self.m().bytes_received_total.add(n as u64);
+                    }
                     let member = self.conns[key].peer.is_some();
                     if self.conns[key].tls().is_some() {
                         match self.on_tls_input(key, n) {
@@ -666,6 +688,10 @@ impl Worker {
             Ok(got) => {
                 if got.opened {
                     self.m().tls_handshakes_total.inc();
+                    let h2 = self.conns[key].tls().and_then(|t| t.alpn()) == Some(b"h2");
+                    if h2 && self.h2_enabled() {
+                        self.start_h2(key, &[]);
+                    }
                 }
                 if !plain.is_empty() && self.live(key, gen) {
                     self.on_input(key, &mut plain);
@@ -695,7 +721,7 @@ impl Worker {
         c.flags |= flags::DISCARD;
         if !c.has_queue() {
             c.flags |= flags::WR_SHUT;
-            let _ = c.stream.shutdown(Shutdown::Write);
+            c.shutdown_write();
         }
         self.arm(key, self.scfg.close_timeout);
     }
@@ -715,6 +741,10 @@ impl Worker {
                 m.bytes_sent_total.add(n as u64);
                 m.outbound_queued_bytes.sub(freed as u64);
                 self.settle(key);
+                if self.conns.get(key).is_some_and(|c| c.route == Route::H2) {
+                    // Room for the frames h2 holds back.
+                    self.drive_h2(key);
+                }
                 if resume && self.conns.contains(key) {
                     // The edge that made it readable was consumed while paused: read now (held
                     // input first).
@@ -728,6 +758,10 @@ impl Worker {
     fn on_eof(&mut self, key: usize) {
         let c = &mut self.conns[key];
         c.flags |= flags::PEER_EOF;
+        if c.route == Route::H2 {
+            // The TCP connection is gone: so are its streams (presence grace applies).
+            return self.drop_conn(key);
+        }
         match c.sess.phase() {
             // Answer what is awaited, then close (settle sees PEER_EOF).
             Phase::Handshake if c.has(flags::AWAITING) => {}
@@ -765,8 +799,10 @@ impl Worker {
     }
 
     fn on_input(&mut self, key: usize, data: &mut [u8]) {
-        if self.conns[key].route == Route::Sse {
-            return; // an event stream's client has nothing to say
+        match self.conns[key].route {
+            Route::Sse => return, // an event stream's client has nothing to say
+            Route::H2 => return self.h2_input(key, data),
+            _ => {}
         }
         if self.conns[key].sess.phase() == Phase::Handshake {
             self.on_http_bytes(key, data);
@@ -787,6 +823,19 @@ impl Worker {
         let from_stash = !held.is_empty();
         if from_stash {
             held.extend_from_slice(data);
+        }
+        let c = &self.conns[key];
+        if c.route == Route::Http && c.tcp().is_some() && !c.has(flags::ADMIN) && self.h2_enabled() {
+            // HTTP/2 with prior knowledge (h2c) starts with its preface, never a request.
+            let buf: &[u8] = if from_stash { &held } else { data };
+            match crate::server::h2::preface(buf) {
+                Some(true) => return self.start_h2(key, buf),
+                Some(false) => {
+                    *self.conns[key].sess.stash() = buf.to_vec();
+                    return self.sync_input(key, &mut acct);
+                }
+                None => {}
+            }
         }
         let mut off = 0;
         loop {
@@ -1422,7 +1471,7 @@ impl Worker {
         }
         if !c.has(flags::WR_SHUT) {
             c.flags |= flags::WR_SHUT;
-            let _ = c.stream.shutdown(Shutdown::Write);
+            c.shutdown_write();
         }
         if c.has(flags::PEER_EOF) {
             self.drop_conn(key);
@@ -1434,8 +1483,8 @@ impl Worker {
             return;
         }
         self.leave_ws(key, false);
+        let tcp = self.unlink(key);
         let c = self.conns.remove(key);
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.ip_of.remove(&key) {
             let mut m = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = m.get_mut(&ip) {
@@ -1450,7 +1499,9 @@ impl Worker {
             self.shared.inbound.fetch_sub(buffered, Ordering::Relaxed);
         }
         let m = self.m();
-        m.connections_open.sub(1);
+        if tcp {
+            m.connections_open.sub(1);
+        }
         m.outbound_queued_bytes.sub(c.queued() as u64);
         m.inbound_buffered_bytes.sub(buffered as u64);
         // Dropping the stream closes the socket, which also removes it from epoll.
@@ -1488,6 +1539,10 @@ impl Worker {
             }
             if c.route == Route::Poll {
                 self.poll_timed_out(key);
+                continue;
+            }
+            if c.route == Route::H2 {
+                self.h2_timer(key);
                 continue;
             }
             if c.route == Route::Sse && c.sess.phase() == Phase::Open {
@@ -1628,6 +1683,7 @@ impl Worker {
         log::info!("loop {}: shutting down, closing {} connections with 1001", self.id, keys.len());
         for key in keys {
             match self.conns[key].sess.phase() {
+                Phase::Handshake if self.conns[key].route == Route::H2 => self.h2_go_away(key),
                 // A waiting poll is answered (empty), and its client polls elsewhere.
                 Phase::Handshake if self.conns[key].route == Route::Poll => {
                     self.conns[key].flags &= !flags::KEEP_ALIVE;

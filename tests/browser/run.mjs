@@ -11,8 +11,12 @@
 // 4. The browser's own EventSource reads a stream and resumes it from an id.
 // 5. The client library in Node (run with --experimental-websocket on Node 20): a WebSocket, an
 //    SSE and a long-poll client in one room each see every message once, in order.
-import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+// 6. Over https:// (a throwaway CA's certificate; the browser is told to ignore that it does not
+//    know the CA) the page loads over HTTP/2 and its WebSocket rides the same connection
+//    (RFC 8441): two tabs chat over one TCP connection.
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import net from "node:net";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
@@ -246,6 +250,56 @@ async function nativeEventSource(browser, base) {
   await p.close();
 }
 
+/** A throwaway CA and a certificate for localhost it signed, in a fresh directory. */
+function testCert() {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "c100k-browser-tls-"));
+  const ossl = (...a) => execFileSync("openssl", a, { stdio: ["ignore", "ignore", "pipe"] });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  ossl("req", "-x509", ...ec, "-keyout", `${dir}/ca.key`, "-out", `${dir}/ca.pem`, "-days", "2", "-subj", "/CN=c100k-browser-ca");
+  ossl("req", ...ec, "-keyout", `${dir}/key.pem`, "-out", `${dir}/cert.csr`, "-subj", "/CN=localhost");
+  writeFileSync(`${dir}/ext.cnf`, "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+  ossl("x509", "-req", "-in", `${dir}/cert.csr`, "-CA", `${dir}/ca.pem`, "-CAkey", `${dir}/ca.key`, "-CAcreateserial",
+    "-out", `${dir}/cert.pem`, "-days", "2", "-extfile", `${dir}/ext.cnf`);
+  return dir;
+}
+
+async function overHttp2(browser) {
+  const dir = testCert();
+  const [port, admin] = [await freePort(), await freePort()];
+  const srv = await c100k(port, ["--tls-cert", `${dir}/cert.pem`, "--tls-key", `${dir}/key.pem`, "--metrics-listen", `127.0.0.1:${admin}`]);
+  const plain = `http://127.0.0.1:${admin}`;
+  try {
+    const base = `https://localhost:${port}`;
+    const ann = await page(browser, base, "ann", "h2");
+    // (Chromium may open a second, speculative connection for the first page; both are HTTP/2.)
+    const tlsFirst = await metric(plain, "tls_handshakes_total");
+    const bob = await page(browser, base, "bob", "h2");
+    for (const p of [ann, bob]) {
+      const t = await transportOf(p);
+      if (t !== "ws") throw new Error(`over https: transport ${t}, want ws`);
+    }
+    await say(ann, "over h2 from ann");
+    await sees(bob, "over h2 from ann", "bob");
+    await say(bob, "over h2 from bob");
+    await sees(ann, "over h2 from bob", "ann");
+    const [h2ws, h2conns, tls] = [
+      await metric(plain, "h2_websockets_total"),
+      await metric(plain, "h2_connections_total"),
+      await metric(plain, "tls_handshakes_total"),
+    ];
+    if (h2ws !== 2) throw new Error(`the WebSockets did not go over HTTP/2: c100k_h2_websockets_total ${h2ws}`);
+    if (h2conns !== tls) throw new Error(`${tls} TLS connections but ${h2conns} HTTP/2 ones`);
+    if (tls !== tlsFirst) throw new Error(`the second tab opened ${tls - tlsFirst} connections of its own`);
+    await ann.screenshot({ path: path.join(SHOTS, "chat-h2.png") });
+    console.log(`ok - over https both tabs' WebSockets ride HTTP/2 (${tls} connection(s), none opened by the second tab), and chat`);
+    await ann.close();
+    await bob.close();
+  } finally {
+    await kill(srv);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function nodeClients() {
   const port = await freePort();
   const srv = await c100k(port);
@@ -275,9 +329,11 @@ async function main() {
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    // (The https:// case uses a throwaway CA the browser does not know.)
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--ignore-certificate-errors"],
   });
   try {
+    await overHttp2(browser);
     await chatAndRestart(browser);
     const sse = await fallback(browser, "sse,poll", "sse");
     await nativeEventSource(browser, sse.url);

@@ -39,9 +39,9 @@ impl Worker {
         // Open: room traffic flows to it. Its heartbeat is ours (pings below), not the session's.
         let _ = c.sess.open(now, &self.scfg);
         let cfg = &self.shared.cfg;
-        if !cfg.ping_interval.is_zero() {
+        if let (false, Some(s)) = (cfg.ping_interval.is_zero(), c.tcp()) {
             // A dead peer does not acknowledge our pings: the kernel ends the connection.
-            let _ = socket2::SockRef::from(&c.stream).set_tcp_user_timeout(Some(cfg.ping_interval + cfg.pong_timeout));
+            let _ = socket2::SockRef::from(s).set_tcp_user_timeout(Some(cfg.ping_interval + cfg.pong_timeout));
         }
         sse::write_head(&mut self.wbuf, &[CORS]);
         sse::write_retry(&mut self.wbuf, SSE_RETRY_MS);
