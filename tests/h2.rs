@@ -146,6 +146,64 @@ fn shutdown_closes_each_websocket_with_1001_then_goaway() {
 }
 
 #[test]
+fn a_member_whose_window_stays_closed_is_a_slow_consumer_and_its_sibling_goes_on() {
+    use std::io::BufRead;
+    const N: usize = 300;
+    let srv = server(|c| {
+        c.max_backlog = 64 * 1024;
+        c.close_timeout = Duration::from_secs(1);
+        c.max_publish_rate = 0;
+        c.max_room_rate = c100k::broker::RoomRate::Off;
+    });
+    let script = format!("{}/tests/clients/h2_client.py", env!("CARGO_MANIFEST_DIR"));
+    let py = std::env::var("C100K_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/py-venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let mut child = Command::new(py)
+        .args([&script, &srv.local_addr().port().to_string(), "slow_member", &N.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    wait_for("both joined", Duration::from_secs(5), || metric(srv.local_addr(), "c100k_joins_total") == 2);
+    // 300 messages of 1 KiB from a third member over HTTP/1.1, 20 at a time, each batch once
+    // the reading member has the last: 300 KiB, far past what the slow member can hold (its
+    // 64 KiB window, 64 KiB pipe and 64 KiB backlog).
+    let mut sender = RawWs::connect(srv.local_addr(), "/ws?room=slow");
+    let pad = "x".repeat(1000);
+    for batch in 0..N / 20 {
+        for i in batch * 20..batch * 20 + 20 {
+            sender.text(&format!("{{\"n\":{i},\"pad\":\"{pad}\"}}"));
+        }
+        loop {
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            match line.trim().strip_prefix("b ").map(|k| k.parse::<usize>().unwrap()) {
+                Some(k) if k >= batch * 20 + 20 => break,
+                Some(_) => {}
+                None => panic!("B stalled at batch {batch}: {line}"),
+            }
+        }
+    }
+    loop {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        if !line.starts_with("b ") {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    let (_, _, m) = get(srv.local_addr(), "/metrics");
+    let m = String::from_utf8_lossy(&m);
+    let m: Vec<&str> = m.lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")).collect();
+    assert_eq!(v, json!({"b_messages": N, "a_reset": true, "a_bytes_at_most_window": true}), "{m:#?}");
+    assert_eq!(metric(srv.local_addr(), "c100k_slow_consumer_closes_total"), 1);
+}
+
+#[test]
 fn http2_requests_reach_every_route() {
     let srv = server(|c| {
         c.api_key = Some("k".into());

@@ -1381,9 +1381,22 @@ impl Worker {
                 n += 1;
             }
         }
-        for (key, gen) in self.relay.take_slow() {
+        let slow = self.relay.take_slow();
+        let inner = |c: &Conn| c.tcp().is_none();
+        if slow.iter().any(|&(k, g)| self.live(k, g) && inner(&self.conns[k])) {
+            // An HTTP/2 stream's pipe drains into its connection only when that is driven (a
+            // socket drains by itself): drive first, then judge the stream on what remains.
+            self.drive_dirty_h2();
+        }
+        for (key, gen) in slow {
             if !self.live(key, gen) || self.conns[key].sess.phase() != Phase::Open {
                 continue;
+            }
+            if inner(&self.conns[key]) {
+                self.on_writable(key);
+                if !self.live(key, gen) || self.conns[key].queued() <= self.shared.cfg.max_backlog {
+                    continue;
+                }
             }
             self.close_slow(key);
             n += 1;

@@ -4,6 +4,8 @@ usage: h2_client.py PORT MODE [N] — prints one JSON line with what it saw.
   echo               a WebSocket on /echo: a text message, then close 1000
   over_limit N       N WebSockets opened at once, past the advertised concurrent-stream limit
   reset_mid          half a frame, then RST_STREAM; a sibling WebSocket keeps echoing
+  slow_member N      two room members on one connection, one never opening its window; prints
+                     "ready", then "b K" as the other has K messages; then the slow one's end
   rapid_reset N      N streams opened and reset at once (CVE-2023-44487), then an echo
   continuation N     a HEADERS block that never ends: N CONTINUATION frames of 1 KiB (CVE-2024-27316)
   settings N         N SETTINGS frames sent without reading the acks
@@ -161,6 +163,38 @@ def main(port, mode, n):
         conn.reset_stream(a)
         s.sendall(conn.data_to_send())
         r["sibling"], _ = echo_on(s, conn, b, "sibling")
+    elif mode == "slow_member":
+        # Two members of room "slow" on one connection: A never gives its stream window back
+        # (its data is acknowledged for the connection only), B reads everything. Prints "ready",
+        # then waits for N messages on B and for A's end (the server's 1008, then a reset).
+        a = ws_open(s, conn, "/ws?room=slow")
+        b = ws_open(s, conn, "/ws?room=slow")
+        pump(s, conn, lambda ev: status_of(ev, a) and status_of(ev, b))
+        print("ready", flush=True)
+        got_b, a_bytes, a_reset, told = b"", 0, False, 0
+        end = time.monotonic() + 15
+        while time.monotonic() < end and (got_b.count(b'"n":') < n or not a_reset):
+            ev = pump(s, conn, lambda ev: True, 1)
+            for e in ev:
+                if isinstance(e, h2.events.DataReceived) and e.stream_id == b:
+                    got_b += e.data
+                    conn.acknowledge_received_data(e.flow_controlled_length, b)
+                elif isinstance(e, h2.events.DataReceived) and e.stream_id == a:
+                    a_bytes += len(e.data)
+                    conn.increment_flow_control_window(e.flow_controlled_length)  # the connection's only
+                elif isinstance(e, h2.events.StreamReset) and e.stream_id == a:
+                    a_reset = True
+            out = conn.data_to_send()
+            if out:
+                s.sendall(out)
+            if got_b.count(b'"n":') > told:
+                told = got_b.count(b'"n":')
+                print("b", told, flush=True)  # the sender goes on when B has what it sent
+            if "eof" in ev or "reset" in ev:
+                break
+        r["b_messages"] = got_b.count(b'"n":')
+        r["a_reset"] = a_reset
+        r["a_bytes_at_most_window"] = a_bytes <= 65535
     elif mode == "rapid_reset":
         pump(s, conn, lambda ev: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in ev), 2)
         sent = 0
