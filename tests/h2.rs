@@ -43,6 +43,7 @@ fn wait_all_closed(addr: SocketAddr) {
         metric(addr, "c100k_h2_streams_open") == 0
             && metric(addr, "c100k_h2_connections_open") == 0
             && metric(addr, "c100k_websockets_open") == 0
+            && metric(addr, "c100k_h2_connections_with_websockets") == 0
     });
 }
 

@@ -91,6 +91,8 @@ struct Slot {
     answer: Answer,
     connect: bool,
     collect: Option<Collect>,
+    /// Its WebSocket is open (counted in [`H2Conn::websockets`]).
+    ws: bool,
 }
 
 /// What the loop must do for a stream's connection after a drive.
@@ -114,6 +116,8 @@ pub struct Counts {
     pub websockets: u64,
     pub resets: u64,
     pub refused: u64,
+    /// Change in connections carrying at least one WebSocket (+1, -1 or 0).
+    pub ws_conns: i64,
 }
 
 /// One HTTP/2 connection's state: `h2`'s server, its buffers, and its streams.
@@ -128,6 +132,8 @@ pub struct H2Conn {
     pub counts: Counts,
     /// No stream was accepted since the loop's idle check last looked.
     pub quiet: bool,
+    /// Its open WebSockets.
+    websockets: u32,
 }
 
 impl std::fmt::Debug for H2Conn {
@@ -159,6 +165,7 @@ impl H2Conn {
             error: None,
             counts: Counts::default(),
             quiet: false,
+            websockets: 0,
         }
     }
 
@@ -224,7 +231,9 @@ impl H2Conn {
         // Frames the streams queued go out now.
         self.poll_conn(actions);
         if self.is_done() {
-            for s in self.slots.drain() {
+            let ended = self.slots.drain().collect::<Vec<_>>();
+            for s in ended {
+                self.forget(&s);
                 s.pipe.set_reset();
                 if let Some(i) = s.inner {
                     actions.push(Action::Reset(i));
@@ -291,7 +300,8 @@ impl H2Conn {
         if recv_done && collect.is_none() {
             pipe.set_eof();
         }
-        let slot = Slot { inner: None, pipe, recv, recv_done, answer: Answer::Head(respond), connect, collect };
+        let slot =
+            Slot { inner: None, pipe, recv, recv_done, answer: Answer::Head(respond), connect, collect, ws: false };
         let k = self.slots.insert(slot);
         if let Some(c) = self.slots[k].collect.as_mut() {
             // Kept for the rewrite: the translated head without its length.
@@ -390,6 +400,11 @@ impl H2Conn {
                     }
                     if a.upgraded && s.connect {
                         self.counts.websockets += 1;
+                        s.ws = true;
+                        self.websockets += 1;
+                        if self.websockets == 1 {
+                            self.counts.ws_conns += 1;
+                        }
                     }
                 }
                 Err(e) => {
@@ -419,12 +434,29 @@ impl H2Conn {
             actions.push(Action::Writable(inner));
         }
         if s.pipe.is_closed() && matches!(s.answer, Answer::Ended) {
-            self.slots.remove(k);
+            let s = self.slots.remove(k);
+            self.forget(&s);
         }
+    }
+
+    /// A stream is gone: its WebSocket no longer counts.
+    fn forget(&mut self, s: &Slot) {
+        if s.ws {
+            self.websockets -= 1;
+            if self.websockets == 0 {
+                self.counts.ws_conns -= 1;
+            }
+        }
+    }
+
+    /// It carries at least one open WebSocket.
+    pub fn has_websockets(&self) -> bool {
+        self.websockets > 0
     }
 
     fn reset(&mut self, k: usize, actions: &mut Vec<Action>) {
         let s = self.slots.remove(k);
+        self.forget(&s);
         s.pipe.set_reset();
         if let Some(i) = s.inner {
             actions.push(Action::Reset(i));

@@ -65,6 +65,7 @@ metrics! {
     h2_streams_total: "counter", "HTTP/2 streams accepted (WebSockets by extended CONNECT, and requests).";
     h2_streams_open: "gauge", "HTTP/2 streams open with a connection of their own (each also counts as a WebSocket, event stream or request).";
     h2_websockets_total: "counter", "WebSockets opened over HTTP/2 (RFC 8441 extended CONNECT answered 200).";
+    h2_connections_with_websockets: "gauge", "HTTP/2 connections carrying at least one open WebSocket.";
     h2_stream_resets_total: "counter", "HTTP/2 streams reset by the client (RST_STREAM).";
     h2_refused_streams_total: "counter", "HTTP/2 streams answered by the multiplexer itself (a request that does not translate, a body too large, no room).";
     h2_errors_total: "counter", "HTTP/2 connections ended by a protocol error (ours or the client's GOAWAY), including the flood and rapid-reset bounds.";

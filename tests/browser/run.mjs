@@ -282,16 +282,18 @@ async function overHttp2(browser) {
     await sees(bob, "over h2 from ann", "bob");
     await say(bob, "over h2 from bob");
     await sees(ann, "over h2 from bob", "ann");
-    const [h2ws, h2conns, tls] = [
+    const [h2ws, h2conns, tls, carrying] = [
       await metric(plain, "h2_websockets_total"),
       await metric(plain, "h2_connections_total"),
       await metric(plain, "tls_handshakes_total"),
+      await metric(plain, "h2_connections_with_websockets"),
     ];
     if (h2ws !== 2) throw new Error(`the WebSockets did not go over HTTP/2: c100k_h2_websockets_total ${h2ws}`);
+    if (carrying !== 1) throw new Error(`the two tabs' WebSockets are on ${carrying} TCP connections, want one`);
     if (h2conns !== tls) throw new Error(`${tls} TLS connections but ${h2conns} HTTP/2 ones`);
     if (tls !== tlsFirst) throw new Error(`the second tab opened ${tls - tlsFirst} connections of its own`);
     await ann.screenshot({ path: path.join(SHOTS, "chat-h2.png") });
-    console.log(`ok - over https both tabs' WebSockets ride HTTP/2 (${tls} connection(s), none opened by the second tab), and chat`);
+    console.log(`ok - over https both tabs' WebSockets share one HTTP/2 connection (the browser opened ${tls}, the second tab none), and chat`);
     await ann.close();
     await bob.close();
   } finally {

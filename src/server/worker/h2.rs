@@ -110,6 +110,9 @@ impl Worker {
         }
         if !self.live(key, gen) {
             // Dropped meanwhile: so are its streams.
+            if h.has_websockets() {
+                self.m().h2_connections_with_websockets.sub(1);
+            }
             let inners: Vec<(u32, u32)> = h.inners().collect();
             for (k, g) in inners {
                 if self.live(k as usize, g) {
@@ -148,6 +151,11 @@ impl Worker {
         m.h2_websockets_total.add(c.websockets);
         m.h2_stream_resets_total.add(c.resets);
         m.h2_refused_streams_total.add(c.refused);
+        match c.ws_conns {
+            d if d > 0 => m.h2_connections_with_websockets.add(d as u64),
+            d if d < 0 => m.h2_connections_with_websockets.sub(d.unsigned_abs()),
+            _ => {}
+        }
     }
 
     /// Make the connection of the stream in `slot` of HTTP/2 connection `outer`.
@@ -213,6 +221,9 @@ impl Worker {
             m.h2_connections_open.sub(1);
         }
         if let Some(h) = c.take_h2() {
+            if h.has_websockets() {
+                m.h2_connections_with_websockets.sub(1);
+            }
             let inners: Vec<(u32, u32)> = h.inners().collect();
             for (k, g) in inners {
                 if self.live(k as usize, g) {
