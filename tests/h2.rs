@@ -14,13 +14,45 @@ use common::tls::TestCerts;
 use common::*;
 use serde_json::{json, Value};
 
-fn node(url: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
-    let script = format!("{}/tests/clients/h2_ws.mjs", env!("CARGO_MANIFEST_DIR"));
-    let out =
-        Command::new("node").arg(script).arg(url).args(args).envs(env.iter().copied()).output().expect("node runs");
+/// Node with the HTTP/2 client script, ready for its URL and scenario.
+fn node_cmd() -> Command {
+    let mut c = Command::new("node");
+    c.arg(format!("{}/tests/clients/h2_ws.mjs", env!("CARGO_MANIFEST_DIR")));
+    c
+}
+
+/// Python (the venv's, with `h2`) with the h2 client script, ready for its port and mode.
+fn python_cmd() -> Command {
+    let py = std::env::var("C100K_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/py-venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let mut c = Command::new(py);
+    c.arg(format!("{}/tests/clients/h2_client.py", env!("CARGO_MANIFEST_DIR")));
+    c
+}
+
+/// Run a client to its end; the one JSON line it printed.
+fn run(mut cmd: Command, what: &str) -> Value {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "node {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Start a client that prints "ready" once it is set up, and wait for that line.
+fn spawn_ready(mut cmd: Command) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("the client runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    (child, out)
+}
+
+fn node(url: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut c = node_cmd();
+    c.arg(url).args(args).envs(env.iter().copied());
+    run(c, &format!("node {args:?}"))
 }
 
 fn h2c(addr: SocketAddr, args: &[&str]) -> Value {
@@ -28,13 +60,9 @@ fn h2c(addr: SocketAddr, args: &[&str]) -> Value {
 }
 
 fn python(addr: SocketAddr, args: &[&str]) -> Value {
-    let script = format!("{}/tests/clients/h2_client.py", env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var("C100K_PYTHON")
-        .unwrap_or_else(|_| format!("{}/target/py-venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    let out = Command::new(py).arg(script).arg(addr.port().to_string()).args(args).output().expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let mut c = python_cmd();
+    c.arg(addr.port().to_string()).args(args);
+    run(c, &format!("python {args:?}"))
 }
 
 /// Everything a test opened is gone again on the server.
@@ -127,18 +155,11 @@ fn a_reset_in_the_middle_of_a_message_frees_it_and_the_sibling_goes_on() {
 fn shutdown_closes_each_websocket_with_1001_then_goaway() {
     use std::io::BufRead;
     let srv = server(|_| {});
-    let script = format!("{}/tests/clients/h2_ws.mjs", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new("node")
-        .args([&script, &format!("http://127.0.0.1:{}", srv.local_addr().port()), "shutdown"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut cmd = node_cmd();
+    cmd.args([&format!("http://127.0.0.1:{}", srv.local_addr().port()), "shutdown"]);
+    let (mut child, mut out) = spawn_ready(cmd);
     srv.shutdown();
-    line.clear();
+    let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(child.wait().unwrap().success());
     let v: Value = serde_json::from_str(line.trim()).unwrap();
@@ -156,18 +177,10 @@ fn a_member_whose_window_stays_closed_is_a_slow_consumer_and_its_sibling_goes_on
         c.max_publish_rate = 0;
         c.max_room_rate = c100k::broker::RoomRate::Off;
     });
-    let script = format!("{}/tests/clients/h2_client.py", env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var("C100K_PYTHON")
-        .unwrap_or_else(|_| format!("{}/target/py-venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    let mut child = Command::new(py)
-        .args([&script, &srv.local_addr().port().to_string(), "slow_member", &N.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut cmd = python_cmd();
+    cmd.args([&srv.local_addr().port().to_string(), "slow_member", &N.to_string()]);
+    let (mut child, mut out) = spawn_ready(cmd);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
     wait_for("both joined", Duration::from_secs(5), || metric(srv.local_addr(), "c100k_joins_total") == 2);
     // 300 messages of 1 KiB from a third member over HTTP/1.1, 20 at a time, each batch once
     // the reading member has the last: 300 KiB, far past what the slow member can hold (its

@@ -100,6 +100,16 @@ async function message(frames) {
   }
 }
 
+/** A request's response headers and whole body (as text). */
+async function answer(s) {
+  const h = await new Promise((res) => s.once('response', res));
+  let body = '';
+  s.setEncoding('utf8');
+  s.on('data', (d) => { body += d; });
+  await new Promise((res) => s.once('end', res));
+  return { h, body };
+}
+
 async function until(cond) {
   while (!cond()) await new Promise((res) => setTimeout(res, 10));
 }
@@ -190,12 +200,7 @@ async function main() {
     await until(() => goaway !== null);
     result.goaway = goaway;
   } else if (scenario === 'get') {
-    const s = session.request({ ':method': 'GET', ':path': args[0] });
-    const h = await new Promise((res) => s.once('response', res));
-    let body = '';
-    s.setEncoding('utf8');
-    s.on('data', (d) => { body += d; });
-    await new Promise((res) => s.once('end', res));
+    const { h, body } = await answer(session.request({ ':method': 'GET', ':path': args[0] }));
     result.status = h[':status'];
     result.contentType = h['content-type'] ?? null;
     result.body = body;
@@ -203,13 +208,9 @@ async function main() {
     const [path, key, body] = args;
     const s = session.request({ ':method': 'POST', ':path': path, authorization: `Bearer ${key}`, 'content-type': 'application/json' });
     s.end(body);
-    const h = await new Promise((res) => s.once('response', res));
-    let text = '';
-    s.setEncoding('utf8');
-    s.on('data', (d) => { text += d; });
-    await new Promise((res) => s.once('end', res));
-    result.status = h[':status'];
-    result.body = text;
+    const a = await answer(s);
+    result.status = a.h[':status'];
+    result.body = a.body;
   } else if (scenario === 'sse') {
     // An event stream: read until an event carries WANT, then cancel the stream.
     const [path, lastEventId, want] = args;

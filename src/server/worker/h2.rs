@@ -109,17 +109,8 @@ impl Worker {
             self.h2_out = out;
         }
         if !self.live(key, gen) {
-            // Dropped meanwhile: so are its streams.
-            if h.has_websockets() {
-                self.m().h2_connections_with_websockets.sub(1);
-            }
-            let inners: Vec<(u32, u32)> = h.inners().collect();
-            for (k, g) in inners {
-                if self.live(k as usize, g) {
-                    self.drop_conn(k as usize);
-                }
-            }
-            return;
+            // Dropped meanwhile (its multiplexer was out being driven): so are its streams.
+            return self.drop_streams(&h);
         }
         let (done, input) = (h.is_done(), h.input_len());
         if let Some(e) = h.error.take() {
@@ -221,17 +212,23 @@ impl Worker {
             m.h2_connections_open.sub(1);
         }
         if let Some(h) = c.take_h2() {
-            if h.has_websockets() {
-                m.h2_connections_with_websockets.sub(1);
-            }
-            let inners: Vec<(u32, u32)> = h.inners().collect();
-            for (k, g) in inners {
-                if self.live(k as usize, g) {
-                    self.drop_conn(k as usize);
-                }
-            }
+            self.drop_streams(&h);
         }
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// An HTTP/2 connection is gone: its streams' connections go too, and it no longer counts
+    /// as carrying WebSockets.
+    fn drop_streams(&mut self, h: &H2Conn) {
+        if h.has_websockets() {
+            self.m().h2_connections_with_websockets.sub(1);
+        }
+        let inners: Vec<(u32, u32)> = h.inners().collect();
+        for (k, g) in inners {
+            if self.live(k as usize, g) {
+                self.drop_conn(k as usize);
+            }
+        }
     }
 }
