@@ -87,6 +87,53 @@ fn a_room_spans_three_nodes_in_one_order() {
     }
 }
 
+/// The Redis client hands a node its subscription's messages on one path and the answers to
+/// its calls on another, so a join's answer can overtake messages published before it. With a
+/// history shorter than that lag, the join's read cannot fill the gap; the messages are still
+/// on their way, not lost, and nobody may be told to join again.
+#[test]
+fn joins_on_a_lagging_node_never_reset_its_members() {
+    const N: u64 = 3000;
+    let redis = RedisServer::start(false);
+    let prefix = unique_prefix();
+    let history = ["--history-size", "2"];
+    let a = node(&redis.url(), &prefix, &history);
+    let b = node(&redis.url(), &prefix, &history);
+    let mut watcher = RawWs::v1(a.addr, "?user=watcher");
+    join(&mut watcher, "flood");
+    let baddr = b.addr;
+    let publisher = std::thread::spawn(move || {
+        let mut p = RawWs::v1(baddr, "?user=pub");
+        join(&mut p, "flood");
+        for k in 1..=N {
+            p.send_json(&json!({"op":"publish","id":k,"room":"flood","data":k}));
+        }
+        let mut acked = 0;
+        while acked < N {
+            let v = p.recv_json();
+            assert_eq!(v["op"], "published", "{v}");
+            acked += 1;
+        }
+    });
+    let reader = std::thread::spawn(move || {
+        let seqs: Vec<u64> = (0..N).map(|_| watcher.recv_op("msg")["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "gap-free, in order, never reset");
+    });
+    // Members join node a one after another while the flood goes through it.
+    let mut joiners = Vec::new();
+    for i in 0..40 {
+        let mut j = RawWs::v1(a.addr, &format!("?user=j{i}"));
+        let top = join(&mut j, "flood")["seq"].as_u64().unwrap();
+        joiners.push((j, top));
+    }
+    publisher.join().unwrap();
+    reader.join().unwrap();
+    for (mut j, top) in joiners {
+        let seqs: Vec<u64> = (top..N).map(|_| j.recv_op("msg")["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (top + 1..=N).collect::<Vec<_>>(), "a joiner gets everything after its top, once");
+    }
+}
+
 #[test]
 fn the_processes_of_processes_3_share_rooms() {
     let redis = RedisServer::start(false);

@@ -34,6 +34,10 @@ const LINGER: Duration = Duration::from_secs(5);
 /// Calls per pipeline.
 const BATCH: usize = 512;
 
+/// How long a gap may wait for the subscription's messages to fill it before the stream is read
+/// again (they normally arrive within milliseconds: see [`Room::continuous`]).
+const GAP_WAIT: Duration = Duration::from_secs(5);
+
 /// A join waiting for its batch.
 #[derive(Debug)]
 pub(super) struct PendingJoin {
@@ -69,6 +73,20 @@ struct Room {
     /// A join batch or a catch-up is in flight: live messages wait in `held`.
     busy: bool,
     held: BTreeMap<u64, Msg>,
+    /// Every message after `forwarded` is on its way by pub/sub. The client delivers pushes on
+    /// one path and call answers on another, so an answer can overtake messages published
+    /// before it: a read whose history does not reach back to `forwarded` then proves nothing
+    /// is lost. Cleared when the connection drops; set by a read made while subscribed.
+    continuous: bool,
+    /// The connection generation (`Task::disconnects`) in which the subscription was last
+    /// confirmed, and its value when the read in flight was made.
+    live: Option<u64>,
+    read_live: Option<u64>,
+    /// `held` has had a gap since then, waiting for pub/sub to fill it.
+    gap_since: Option<Instant>,
+    /// Join answers waiting until `forwarded` reaches their `top`, as (top, loop, event): a
+    /// member must start exactly where the loops' deliveries are.
+    parked: VecDeque<(u64, usize, Event)>,
     joins: VecDeque<PendingJoin>,
     /// A catch-up is wanted once nothing is in flight.
     catch_up: bool,
@@ -79,6 +97,35 @@ struct Room {
 }
 
 impl Room {
+    /// Hand the loops `m`, the next message in order, then the joins answered up to it.
+    fn forward(&mut self, sink: &dyn Sink, m: &Msg) {
+        post_loops(sink, &self.loops, || Event::Deliver { room: self.id, msg: m.clone() });
+        self.forwarded = Some(m.seq);
+        self.unpark(sink);
+    }
+
+    fn unpark(&mut self, sink: &dyn Sink) {
+        let f = self.forwarded.unwrap_or(0);
+        while self.parked.front().is_some_and(|p| p.0 <= f) {
+            if let Some((_, lp, ev)) = self.parked.pop_front() {
+                sink.post(lp, ev, true);
+            }
+        }
+    }
+
+    fn unpark_all(&mut self, sink: &dyn Sink) {
+        for (_, lp, ev) in self.parked.drain(..) {
+            sink.post(lp, ev, true);
+        }
+    }
+
+    /// The loops' members must join again; joins still waiting are answered first (they join,
+    /// then hear it like everyone).
+    fn reset(&mut self, sink: &dyn Sink, message: &str) {
+        self.unpark_all(sink);
+        post_loops(sink, &self.loops, || Event::Reset { room: self.id, message: message.into() });
+    }
+
     fn forget_user(&mut self, user: &Arc<str>) {
         if let Some(n) = self.users.get_mut(user) {
             *n -= 1;
@@ -142,6 +189,8 @@ pub(super) struct Task {
     node: Arc<str>,
     rng: u64,
     rooms: HashMap<Arc<str>, Room>,
+    /// Connections lost so far (pub/sub missed what was published meanwhile).
+    disconnects: u64,
     by_id: HashMap<RoomId, Arc<str>>,
     by_channel: HashMap<String, Arc<str>>,
     queues: HashMap<Arc<str>, Queue>,
@@ -192,6 +241,7 @@ impl Task {
             node,
             rng,
             rooms: HashMap::new(),
+            disconnects: 0,
             by_id: HashMap::new(),
             by_channel: HashMap::new(),
             queues: HashMap::new(),
@@ -211,9 +261,10 @@ impl Task {
         let mut sweep = tokio::time::interval((grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
         let mut retry = tokio::time::interval(Duration::from_millis(250));
         loop {
-            // Biased, pushes first: Redis sends what a script publishes before its answer, so a
-            // join's own presence_join is handled before the join's result (as in memory: the
-            // joiner does not hear of itself), and a batch's messages before its answers.
+            // Biased, pushes first: Redis sends what a script publishes before its answer, so
+            // pushes already here go first (a join's own presence_join before its result, as in
+            // memory). Not a guarantee: the connection manager forwards pushes through a task of
+            // its own, so an answer can still overtake them (see `Room::continuous`).
             tokio::select! {
                 biased;
                 Some(p) = push.recv() => self.on_push(p),
@@ -363,6 +414,11 @@ impl Task {
                 forwarded: None,
                 busy: false,
                 held: BTreeMap::new(),
+                continuous: false,
+                live: None,
+                read_live: None,
+                gap_since: None,
+                parked: VecDeque::new(),
                 joins: VecDeque::new(),
                 catch_up: false,
                 users: HashMap::new(),
@@ -439,6 +495,7 @@ impl Task {
             }
         }
         r.busy = true;
+        r.read_live = r.live;
         let k = r.keys.clone();
         let mut cmd = self.join_cmd(&k, after);
         for j in &batch {
@@ -484,6 +541,7 @@ impl Task {
         }
         r.busy = true;
         r.catch_up = false;
+        r.read_live = r.live;
         let mut cmd = evalsha(&self.scripts.catchup, &[&r.keys.meta, &r.keys.stream]);
         cmd.arg(after);
         let room = name.clone();
@@ -516,7 +574,8 @@ impl Task {
                     // Messages published meanwhile were missed: the confirmation's catch-up
                     // reads them.
                     self.start_subscribe(&room);
-                } else if let Some(r) = self.rooms.remove(&room) {
+                } else if let Some(mut r) = self.rooms.remove(&room) {
+                    r.unpark_all(&*self.sink);
                     self.by_id.remove(&r.id);
                     self.by_channel.remove(&r.keys.channel);
                 }
@@ -532,6 +591,7 @@ impl Task {
                 self.succeeded();
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.sub = Sub::Live;
+                    r.live = Some(self.disconnects);
                 }
                 self.next_batch(&room);
             }
@@ -552,6 +612,7 @@ impl Task {
     }
 
     fn joined(&mut self, room: Arc<str>, batch: Vec<PendingJoin>, result: Result<(String, u64, Vec<Msg>), String>) {
+        let disconnects = self.disconnects;
         let Some(r) = self.rooms.get_mut(&room) else { return };
         r.busy = false;
         let id = r.id;
@@ -574,6 +635,8 @@ impl Task {
             }
         };
         let epoch: Arc<str> = epoch.into();
+        let on_their_way = r.continuous;
+        r.continuous = r.read_live == Some(disconnects);
         let mut reset = false;
         if r.epoch.as_ref().is_some_and(|e| *e != epoch) {
             reset = true;
@@ -582,21 +645,30 @@ impl Task {
         }
         r.epoch = Some(epoch.clone());
         // Hand the loops what they have not seen yet, in order.
+        let mut gap = false;
         if let Some(f) = r.forwarded {
             let missing: Vec<&Msg> = entries.iter().filter(|m| m.seq > f && m.seq <= top).collect();
             let complete =
                 top <= f || missing.first().is_some_and(|m| m.seq == f + 1) && missing.len() as u64 == top - f;
             if complete {
                 for m in missing {
-                    post_loops(&*self.sink, &r.loops, || Event::Deliver { room: id, msg: m.clone() });
+                    r.forward(&*self.sink, m);
                 }
+            } else if on_their_way {
+                // Trimmed from the history but not lost: pub/sub brings them, in order.
+                for m in missing {
+                    r.held.insert(m.seq, m.clone());
+                }
+                gap = true;
             } else {
                 reset = true;
             }
         }
-        r.forwarded = Some(top.max(r.forwarded.unwrap_or(0)));
+        if !gap {
+            r.forwarded = Some(top.max(r.forwarded.unwrap_or(0)));
+        }
         if reset {
-            post_loops(&*self.sink, &r.loops, || Event::Reset { room: id, message: LOST.into() });
+            r.reset(&*self.sink, LOST);
         }
         for j in batch {
             let (recovered, replay) = match &j.since {
@@ -612,14 +684,16 @@ impl Task {
                 _ => (false, Vec::new()),
             };
             let result = Joined { id: j.tag, epoch: epoch.clone(), top, recovered, replay };
-            self.sink.post(j.to.lp as usize, Event::Joined { to: j.to, room: id, result }, true);
+            r.parked.push_back((top, j.to.lp as usize, Event::Joined { to: j.to, room: id, result }));
         }
+        r.unpark(&*self.sink);
         self.succeeded();
         self.drain_held(&room);
         self.next_batch(&room);
     }
 
     fn caught_up(&mut self, room: Arc<str>, result: Result<CatchUp, String>) {
+        let disconnects = self.disconnects;
         let Some(r) = self.rooms.get_mut(&room) else { return };
         r.busy = false;
         let (epoch, top, entries) = match result {
@@ -631,13 +705,16 @@ impl Task {
             }
         };
         let f = r.forwarded.unwrap_or(0);
+        let on_their_way = r.continuous;
+        r.continuous = r.read_live == Some(disconnects);
         let same_epoch = match (&epoch, &r.epoch) {
             (Some(e), Some(known)) => **known == **e,
             (None, _) => false, // the room's data is gone
             (Some(_), None) => true,
         };
         let complete = top <= f || entries.first().is_some_and(|m| m.seq == f + 1) && entries.len() as u64 >= top - f;
-        if same_epoch && complete {
+        // Incomplete but `on_their_way`: trimmed from the history, and pub/sub brings them.
+        if same_epoch && (complete || on_their_way) {
             for m in entries {
                 if m.seq > f {
                     r.held.insert(m.seq, m);
@@ -651,32 +728,35 @@ impl Task {
             }
             r.epoch = epoch.map(Into::into);
             r.forwarded = r.epoch.as_ref().map(|_| top);
-            post_loops(&*self.sink, &r.loops, || Event::Reset { room: r.id, message: LOST.into() });
+            r.reset(&*self.sink, LOST);
         }
         self.succeeded();
         self.drain_held(&room);
         self.next_batch(&room);
     }
 
-    /// Hand the loops the held messages that come next in order; a gap starts a catch-up.
+    /// Hand the loops the held messages that come next in order. A gap waits for pub/sub when
+    /// the messages are on their way, and starts a catch-up otherwise.
     fn drain_held(&mut self, name: &Arc<str>) {
         let Some(r) = self.rooms.get_mut(name) else { return };
-        let Some(mut f) = r.forwarded else { return };
-        while let Some(entry) = r.held.first_entry() {
+        while let (Some(f), Some(entry)) = (r.forwarded, r.held.first_entry()) {
             let seq = *entry.key();
-            if seq <= f {
-                entry.remove();
-                continue;
-            }
-            if seq != f + 1 {
+            if seq > f + 1 {
                 break;
             }
             let m = entry.remove();
-            post_loops(&*self.sink, &r.loops, || Event::Deliver { room: r.id, msg: m.clone() });
-            f = seq;
+            if seq == f + 1 {
+                r.forward(&*self.sink, &m);
+            }
         }
-        r.forwarded = Some(f);
-        if !r.held.is_empty() {
+        if r.forwarded.is_none() {
+            return;
+        }
+        if r.held.is_empty() {
+            r.gap_since = None;
+        } else if r.continuous {
+            r.gap_since.get_or_insert_with(Instant::now);
+        } else {
             self.start_catch_up(name);
         }
     }
@@ -699,8 +779,10 @@ impl Task {
                 self.failed("connection lost");
                 // Pub/sub missed whatever was published meanwhile: every room catches up once
                 // the connection (and its subscriptions) are back.
+                self.disconnects += 1;
                 for r in self.rooms.values_mut() {
                     r.catch_up = true;
+                    r.continuous = false;
                 }
             }
             PushKind::Subscribe | PushKind::SSubscribe => {
@@ -708,6 +790,9 @@ impl Task {
                 // the stream (nothing, unless a reconnect lost some).
                 let Some(Value::BulkString(ch)) = p.data.first() else { return };
                 if let Some(name) = std::str::from_utf8(ch).ok().and_then(|ch| self.by_channel.get(ch)).cloned() {
+                    if let Some(r) = self.rooms.get_mut(&name) {
+                        r.live = Some(self.disconnects);
+                    }
                     self.start_catch_up(&name);
                 }
             }
@@ -733,7 +818,7 @@ impl Task {
             r.held.clear();
             r.epoch = Some(m.epoch.clone());
             r.forwarded = Some(m.seq - 1);
-            post_loops(&*self.sink, &r.loops, || Event::Reset { room: r.id, message: RESTARTED.into() });
+            r.reset(&*self.sink, RESTARTED);
         } else if r.forwarded.is_none() && settled {
             // After a reset that found the room gone: the first new message sets the position.
             r.epoch = Some(m.epoch.clone());
@@ -940,6 +1025,12 @@ impl Task {
                         let _ = c.unsubscribe(&ch).await;
                         Done::Unsubscribed { room }
                     });
+                }
+                Sub::Live if r.gap_since.is_some_and(|t| now - t >= GAP_WAIT) && !r.busy => {
+                    log::warn!("Redis: {name:?} had a gap for {GAP_WAIT:?}: reading its history again");
+                    r.continuous = false;
+                    r.gap_since = None;
+                    self.start_catch_up(&name);
                 }
                 Sub::Live if r.catch_up && !r.busy => self.start_catch_up(&name),
                 _ => {}
