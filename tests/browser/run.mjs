@@ -271,8 +271,8 @@ async function overHttp2(browser) {
   try {
     const base = `https://localhost:${port}`;
     const ann = await page(browser, base, "ann", "h2");
-    // (Chromium may open a second, speculative connection for the first page; both are HTTP/2.)
-    const tlsFirst = await metric(plain, "tls_handshakes_total");
+    // Chromium may open extra, speculative connections (seen: one for the first page, and once
+    // one more while the second loaded); every one is HTTP/2, and the WebSockets share one.
     const bob = await page(browser, base, "bob", "h2");
     for (const p of [ann, bob]) {
       const t = await transportOf(p);
@@ -291,9 +291,8 @@ async function overHttp2(browser) {
     if (h2ws !== 2) throw new Error(`the WebSockets did not go over HTTP/2: c100k_h2_websockets_total ${h2ws}`);
     if (carrying !== 1) throw new Error(`the two tabs' WebSockets are on ${carrying} TCP connections, want one`);
     if (h2conns !== tls) throw new Error(`${tls} TLS connections but ${h2conns} HTTP/2 ones`);
-    if (tls !== tlsFirst) throw new Error(`the second tab opened ${tls - tlsFirst} connections of its own`);
     await ann.screenshot({ path: path.join(SHOTS, "chat-h2.png") });
-    console.log(`ok - over https both tabs' WebSockets share one HTTP/2 connection (the browser opened ${tls}, the second tab none), and chat`);
+    console.log(`ok - over https both tabs' WebSockets share one HTTP/2 connection (the browser opened ${tls}, all HTTP/2), and chat`);
     await ann.close();
     await bob.close();
   } finally {
