@@ -26,6 +26,8 @@ struct Claims {
 /// An authenticated (or, on an open server, self-declared) user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// Empty for an anonymous connection (an open server, no `?user=`): every one shares one
+    /// string, is not listed in presence, and its messages' `from` names its connection.
     pub user: Arc<str>,
     /// What the token restricts; `None`: every room, and publishing (24 bytes in all: every room
     /// member carries an identity).
@@ -44,6 +46,16 @@ impl Identity {
     /// An identity with every permission.
     pub fn open(user: &str) -> Identity {
         Identity { user: user.into(), scope: None }
+    }
+
+    /// A connection that names no user: it allocates nothing (its connection is its name).
+    pub fn anonymous() -> Identity {
+        static ANON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Identity { user: ANON.get_or_init(|| "".into()).clone(), scope: None }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.user.is_empty()
     }
 
     /// Whether the token's `rooms` claim allows `room`.
@@ -112,20 +124,15 @@ impl Auth {
     }
 
     /// The identity of a request: from its token when the server has a secret (required then),
-    /// else `user` (the `?user=` parameter) or `fallback` (an id per connection).
-    pub fn identify(
-        &self,
-        token: Option<&str>,
-        user: Option<&str>,
-        fallback: impl FnOnce() -> String,
-    ) -> Result<Identity, Refusal> {
+    /// else `user` (the `?user=` parameter), else anonymous.
+    pub fn identify(&self, token: Option<&str>, user: Option<&str>) -> Result<Identity, Refusal> {
         let Some((key, validation)) = &self.key else {
             return match user {
                 Some(u) => {
                     check_user(u).map_err(|m| Refusal::BadRequest(format!("user: {m}")))?;
                     Ok(Identity::open(u))
                 }
-                None => Ok(Identity::open(&fallback())),
+                None => Ok(Identity::anonymous()),
             };
         };
         let token = token
@@ -195,15 +202,14 @@ mod tests {
     #[test]
     fn tokens_are_checked() {
         let auth = Auth::new(Some(SECRET), None).unwrap();
-        let fallback = || unreachable!("a secret means no fallback id");
         let ok = token(json!({"sub":"ann","exp":now() + 60,"rooms":["lobby","team-*"],"publish":false}), SECRET);
-        let id = auth.identify(Some(&ok), Some("ignored"), fallback).unwrap();
+        let id = auth.identify(Some(&ok), Some("ignored")).unwrap();
         assert_eq!(&*id.user, "ann");
         assert!(!id.may_publish());
         assert!(id.may_join("lobby") && id.may_join("team-red") && id.may_join("team-"));
         assert!(!id.may_join("lobby2") && !id.may_join("other"));
         let no_exp = token(json!({"sub":"bob"}), SECRET);
-        let id = auth.identify(Some(&no_exp), None, fallback).unwrap();
+        let id = auth.identify(Some(&no_exp), None).unwrap();
         assert!(id.may_publish() && id.may_join("anything"));
 
         for (what, t) in [
@@ -214,12 +220,12 @@ mod tests {
             ("malformed", "not.a.jwt".to_string()),
             ("garbage", "%%%".to_string()),
         ] {
-            assert!(matches!(auth.identify(Some(&t), None, fallback), Err(Refusal::Unauthorized(_))), "{what}");
+            assert!(matches!(auth.identify(Some(&t), None), Err(Refusal::Unauthorized(_))), "{what}");
         }
-        assert!(matches!(auth.identify(None, Some("ann"), fallback), Err(Refusal::Unauthorized(_))));
+        assert!(matches!(auth.identify(None, Some("ann")), Err(Refusal::Unauthorized(_))));
         // alg=none is not accepted.
         let none = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"ann"}"#));
-        assert!(auth.identify(Some(&none), None, fallback).is_err());
+        assert!(auth.identify(Some(&none), None).is_err());
     }
 
     fn b64(s: &str) -> String {
@@ -238,12 +244,12 @@ mod tests {
     }
 
     #[test]
-    fn open_servers_take_the_user_parameter_or_a_fallback() {
+    fn open_servers_take_the_user_parameter_or_are_anonymous() {
         let auth = Auth::new(None, None).unwrap();
-        assert_eq!(&*auth.identify(Some("ignored"), Some("ann"), || "x".into()).unwrap().user, "ann");
-        assert_eq!(&*auth.identify(None, None, || "anon-1".into()).unwrap().user, "anon-1");
-        assert!(matches!(auth.identify(None, Some(""), || "x".into()), Err(Refusal::BadRequest(_))));
-        assert!(matches!(auth.identify(None, Some("a\nb"), || "x".into()), Err(Refusal::BadRequest(_))));
+        assert_eq!(&*auth.identify(Some("ignored"), Some("ann")).unwrap().user, "ann");
+        assert!(auth.identify(None, None).unwrap().is_anonymous());
+        assert!(matches!(auth.identify(None, Some("")), Err(Refusal::BadRequest(_))));
+        assert!(matches!(auth.identify(None, Some("a\nb")), Err(Refusal::BadRequest(_))));
     }
 
     #[test]

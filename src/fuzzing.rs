@@ -25,11 +25,6 @@ fn auth() -> &'static Auth {
 pub fn http_request(data: &[u8]) {
     let limits = Limits { max_head: 16 * 1024, max_body: 64 * 1024 };
     let mut rest = data;
-    let mut n = 0u64;
-    let mut fallback = || {
-        n += 1;
-        format!("anon-{n}")
-    };
     for restrict in [Restrict::None, Restrict::Full] {
         rest = data;
         while !rest.is_empty() {
@@ -38,7 +33,6 @@ pub fn http_request(data: &[u8]) {
                     let mut ctx = Ctx {
                         auth: auth(),
                         api_key: Some("fuzz-key"),
-                        fallback_user: &mut fallback,
                         restrict,
                         transports: Transports::ALL,
                         max_rooms: 4,

@@ -93,3 +93,32 @@ fn clean_leaves_are_immediate_and_counts_follow_connections() {
     no_events(&mut quiet);
     assert!(srv.metrics().presence_events_sent_total >= 5);
 }
+
+/// A connection that names no user (an open server, no `?user=`) holds no name while idle:
+/// it is counted in the room, never listed or announced, and its messages' `from` names its
+/// connection, a different name for each.
+#[test]
+fn anonymous_members_are_not_listed_or_announced_and_send_under_their_connection() {
+    let srv = server(|c| c.presence_grace = GRACE);
+    let a = srv.local_addr();
+    let mut w = watcher(a);
+    let mut anons: Vec<RawWs> = (0..2).map(|_| RawWs::v1(a, "")).collect();
+    for m in anons.iter_mut() {
+        assert_eq!(m.call(json!({"op":"join","id":"m","room":"p"}))["op"], "joined");
+    }
+    let _seed = RawWs::connect(a, "/ws?room=p");
+    no_events(&mut w);
+    assert_eq!(users(&mut w), json!([{"user":"watcher","conns":1}]));
+    let mut from = Vec::new();
+    for m in anons.iter_mut() {
+        m.call(json!({"op":"publish","id":"p","room":"p","data":1}));
+        from.push(w.recv_op("msg")["from"].as_str().unwrap().to_string());
+    }
+    assert!(from.iter().all(|f| f.starts_with("anon-")), "{from:?}");
+    assert_ne!(from[0], from[1]);
+    // Leaving, cleanly or not, announces nothing either.
+    anons.pop().unwrap().close(1000);
+    kill(anons.pop().unwrap());
+    wait_for("both gone", Duration::from_secs(5), || srv.metrics().websockets_open == 2);
+    no_events(&mut w);
+}

@@ -356,8 +356,10 @@ impl Broker for MemoryBroker {
         let now = Instant::now();
         match st.presence.leave(user, clean, now, inner.cfg.presence_grace) {
             Leave::Gone => {
-                let ev = Arc::new(PresenceEvent::new(r.name.clone(), user.clone(), false));
-                inner.post_all(&st, Some(lp), || Event::Presence { room: r.id, ev: ev.clone() });
+                if !user.is_empty() {
+                    let ev = Arc::new(PresenceEvent::new(r.name.clone(), user.clone(), false));
+                    inner.post_all(&st, Some(lp), || Event::Presence { room: r.id, ev: ev.clone() });
+                }
                 if st.unused() {
                     inner.schedule(&r, &mut st, now + inner.cfg.history_ttl);
                 }

@@ -23,6 +23,8 @@ pub struct Presence {
     users: HashMap<Arc<str>, Entry>,
     /// Connections of all users (the room's members).
     conns: u64,
+    /// Anonymous connections (the empty user): counted, never listed or announced, no grace.
+    anon: u64,
     /// What grace deadlines count from (the first one's start).
     base: Option<Instant>,
 }
@@ -45,6 +47,10 @@ impl Presence {
     /// `presence_join`); a return within the grace period is not news.
     pub fn join(&mut self, user: &Arc<str>) -> bool {
         self.conns += 1;
+        if user.is_empty() {
+            self.anon += 1;
+            return false;
+        }
         match self.users.get_mut(user) {
             Some(e) => {
                 e.conns += 1;
@@ -60,6 +66,14 @@ impl Presence {
 
     /// A connection of `user` left, cleanly (`leave`, close 1000/1001) or not.
     pub fn leave(&mut self, user: &str, clean: bool, now: Instant, grace: Duration) -> Leave {
+        if user.is_empty() {
+            if self.anon == 0 {
+                return Leave::Unknown;
+            }
+            self.anon -= 1;
+            self.conns -= 1;
+            return if self.anon > 0 { Leave::Stays } else { Leave::Gone };
+        }
         let Some(e) = self.users.get_mut(user) else {
             return Leave::Unknown;
         };
@@ -113,7 +127,7 @@ impl Presence {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.users.is_empty() && self.anon == 0
     }
 
     /// Connections in the room (all users).
@@ -131,6 +145,21 @@ mod tests {
     use super::*;
 
     const GRACE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn anonymous_connections_are_counted_but_never_listed_or_announced() {
+        let mut p = Presence::default();
+        let anon: Arc<str> = "".into();
+        let t = Instant::now();
+        assert!(!p.join(&anon));
+        assert!(!p.join(&anon));
+        assert_eq!((p.conns(), p.users(), p.is_empty()), (2, vec![], false));
+        assert_eq!(p.leave("", false, t, GRACE), Leave::Stays);
+        assert_eq!(p.leave("", false, t, GRACE), Leave::Gone, "no grace: nobody to keep present");
+        assert_eq!(p.leave("", true, t, GRACE), Leave::Unknown);
+        assert!(p.is_empty());
+        assert_eq!(p.next_deadline(), None);
+    }
 
     #[test]
     fn counts_connections_per_user() {

@@ -13,6 +13,7 @@ use slab::Slab;
 use super::conn::{Conn, Peer, Pending, Route, Seat, Take, PENDING};
 use super::metrics::LoopMetrics;
 use super::relay::Relay;
+use crate::auth::Identity;
 use crate::broker::{Broker, Join, Joined, LoopId, Publish, Tag};
 use crate::proto::sse;
 use crate::proto::v1::{self, ErrorCode, Position};
@@ -35,6 +36,8 @@ pub struct Rooms {
     deflate_min: usize,
     /// Long polls with an answer: the worker answers and ends them.
     woken: Vec<PollReady>,
+    /// Tells this process's anonymous senders from another's (see [`Rooms::sender`]).
+    anon_nonce: u32,
 }
 
 /// A long poll's answer is ready: messages after its position (or none: where the room is now).
@@ -72,8 +75,36 @@ pub fn v1_frame(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
 }
 
 impl Rooms {
-    pub fn new(lp: LoopId, broker: Arc<dyn Broker>, max_rooms: usize, publish_rate: u32, deflate_min: usize) -> Rooms {
-        Rooms { lp, broker, local: LocalRooms::default(), max_rooms, publish_rate, deflate_min, woken: Vec::new() }
+    /// `anon_nonce`: random per loop and start.
+    pub fn new(
+        lp: LoopId,
+        broker: Arc<dyn Broker>,
+        max_rooms: usize,
+        publish_rate: u32,
+        deflate_min: usize,
+        anon_nonce: u32,
+    ) -> Rooms {
+        Rooms {
+            lp,
+            broker,
+            local: LocalRooms::default(),
+            max_rooms,
+            publish_rate,
+            deflate_min,
+            woken: Vec::new(),
+            anon_nonce,
+        }
+    }
+
+    /// The `from` of a message sent by `identity` on connection `conn`: its user, or for an
+    /// anonymous connection a name made from the connection (`anon-NONCE-LOOP-KEY-GEN`), so
+    /// anonymous members carry no name of their own while idle.
+    pub fn sender(&self, identity: &Identity, conn: ConnRef) -> Arc<str> {
+        if identity.is_anonymous() {
+            format!("anon-{:08x}-{}-{}-{}", self.anon_nonce, conn.lp, conn.key, conn.gen).into()
+        } else {
+            identity.user.clone()
+        }
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -485,7 +516,7 @@ impl Rooms {
         self.broker.publish(Publish {
             lp: self.lp,
             room,
-            from: peer.identity.user.clone(),
+            from: self.sender(&peer.identity, origin),
             payload,
             origin: Some(origin),
             ack: ack.map(|id| (origin, id)),

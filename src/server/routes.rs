@@ -181,8 +181,6 @@ impl Decision {
 pub struct Ctx<'a> {
     pub auth: &'a Auth,
     pub api_key: Option<&'a str>,
-    /// An id for a connection that names no user (open server).
-    pub fallback_user: &'a mut dyn FnMut() -> String,
     /// What this connection may ask for.
     pub restrict: Restrict,
     pub transports: Transports,
@@ -276,7 +274,7 @@ fn identity_of(req: &Request<'_>, ctx: &mut Ctx<'_>) -> Result<Identity, Refusal
         Some(Err(_)) => return Err(Refusal::BadRequest("user: invalid percent-encoding".into())),
         None => None,
     };
-    ctx.auth.identify(token.as_deref(), user.as_deref(), &mut *ctx.fallback_user)
+    ctx.auth.identify(token.as_deref(), user.as_deref())
 }
 
 /// CORS: SSE, poll and POST are readable from any page the origin check let through (tokens
@@ -707,15 +705,9 @@ mod tests {
     use crate::proto::http::{parse, Limits, Parsed};
 
     fn decide_with(head: &str, auth: &Auth, api_key: Option<&str>) -> Decision {
-        let mut n = 0;
-        let mut fallback = || {
-            n += 1;
-            format!("anon-{n}")
-        };
         let mut ctx = Ctx {
             auth,
             api_key,
-            fallback_user: &mut fallback,
             restrict: Restrict::None,
             transports: Transports::ALL,
             max_rooms: 3,
@@ -756,7 +748,7 @@ mod tests {
         match decide(&ws("/echo", "")) {
             Decision::Upgrade { accept, kind: WsKind::Echo, protocol: None, identity, deflate: false } => {
                 assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-                assert_eq!(&*identity.user, "anon-1");
+                assert!(identity.is_anonymous());
             }
             other => panic!("{other:?}"),
         }

@@ -99,9 +99,6 @@ pub(crate) struct Worker {
     admin: Option<TcpListener>,
     /// Client address of each connection counted for --max-connections-per-ip.
     ip_of: std::collections::HashMap<usize, std::net::IpAddr>,
-    /// Ids for connections that name no user: `anon-<nonce>-<n>`.
-    anon_nonce: u32,
-    anon_next: u64,
     /// Accepting is paused until this tick.
     accept_retry_at: Option<u64>,
     last_accept_warning: Option<u64>,
@@ -159,6 +156,7 @@ impl Worker {
                 cfg.max_rooms_per_conn,
                 cfg.max_publish_rate,
                 cfg.deflate_min_size,
+                anon_nonce,
             ),
             relay: Relay::new(cfg.max_backlog),
             mailbox,
@@ -171,8 +169,6 @@ impl Worker {
             now: 0,
             next_gen: 0,
             next_timer: 0,
-            anon_nonce,
-            anon_next: 0,
             accept_retry_at: None,
             last_accept_warning: None,
             drain_deadline: None,
@@ -864,12 +860,6 @@ impl Worker {
                         (Decision::Respond(resp), buf.len())
                     }
                     Parsed::Complete { req, body, len } => {
-                        let (nonce, lp) = (self.anon_nonce, self.id);
-                        let counter = &mut self.anon_next;
-                        let mut fallback = || {
-                            *counter += 1;
-                            format!("anon-{nonce:08x}-{lp}-{counter}")
-                        };
                         let c = &self.conns[key];
                         let restrict = if c.has(flags::OVERFLOW) {
                             Restrict::Full
@@ -883,7 +873,6 @@ impl Worker {
                         let mut ctx = routes::Ctx {
                             auth: &self.shared.auth,
                             api_key: self.shared.cfg.api_key.as_deref(),
-                            fallback_user: &mut fallback,
                             restrict,
                             transports: self.shared.cfg.transports,
                             max_rooms: self.shared.cfg.max_rooms_per_conn,
@@ -1118,7 +1107,7 @@ impl Worker {
                 broker.publish(Publish {
                     lp: self.id,
                     room: &room,
-                    from: identity.user,
+                    from: self.rooms.sender(&identity, to),
                     payload: Payload::Json(data),
                     origin: None,
                     ack: Some((to, None)),

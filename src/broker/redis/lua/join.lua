@@ -1,7 +1,8 @@
 -- Join members (one per user listed) of this node to a room: create its epoch if it has none,
 -- count them in presence (publishing presence_join for users newly present anywhere), mark this
 -- node alive, keep the room's data alive, and return its top and the history after a position.
--- Also used to announce a node's members again after its presence was swept.
+-- Also used to announce a node's members again after its presence was swept. The empty user
+-- stands for this node's anonymous members: counted like any, never announced or listed.
 -- KEYS: meta, stream, presence entries, presence conns, presence users, presence nodes
 -- ARGV: channel, candidate epoch, ttl (ms), after seq (-1: none), node, sharded, node ttl (ms),
 --       user...
@@ -22,7 +23,7 @@ for i = 8, #ARGV do
   local user = ARGV[i]
   local e = user .. '\31' .. node
   if not redis.call('ZSCORE', pres, e) then
-    if redis.call('HINCRBY', pusers, user, 1) == 1 then
+    if redis.call('HINCRBY', pusers, user, 1) == 1 and user ~= '' then
       redis.call(pub, ARGV[1], 'P\n+\n' .. user)
     end
   end

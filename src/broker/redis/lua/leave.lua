@@ -1,5 +1,6 @@
 -- A member of this node left. Clean: the user is gone at once when it was their last
 -- connection anywhere. Unclean: their entry stays until the grace period ends (sweep.lua).
+-- The empty user (anonymous members) is never announced.
 -- KEYS: meta, presence entries, presence conns, presence users
 -- ARGV: channel, node, user, clean (0|1), grace (ms), sharded
 local meta, pres, pconns, pusers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -19,6 +20,9 @@ if ARGV[4] == '1' then
   redis.call('ZREM', pres, e)
   if redis.call('HINCRBY', pusers, user, -1) <= 0 then
     redis.call('HDEL', pusers, user)
+    if user == '' then
+      return 1
+    end
     local pub = ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH'
     redis.call(pub, ARGV[1], 'P\n-\n' .. user)
   end

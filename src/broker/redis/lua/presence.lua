@@ -7,7 +7,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local counts, order = {}, {}
 local function add(e)
   local user = string.match(e, '^(.*)\31[^\31]*$')
-  if user then
+  if user and user ~= '' then
     if not counts[user] then
       counts[user] = 0
       order[#order + 1] = user

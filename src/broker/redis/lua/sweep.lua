@@ -17,7 +17,9 @@ local function gone(e)
   local user = string.match(e, '^(.*)\31[^\31]*$')
   if user and redis.call('HINCRBY', pusers, user, -1) <= 0 then
     redis.call('HDEL', pusers, user)
-    redis.call(pub, ARGV[1], 'P\n-\n' .. user)
+    if user ~= '' then
+      redis.call(pub, ARGV[1], 'P\n-\n' .. user)
+    end
   end
 end
 -- Grace periods over (score 0 is "held by a live node").
