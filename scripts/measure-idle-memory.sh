@@ -16,6 +16,8 @@
 #                certificate, TLS_KEY=rsa for RSA 2048), h2 (a WebSocket on /echo in a stream of an
 #                h2c connection: bench-client --h2, STREAMS_PER_CONN per connection, default 100;
 #                the figure is per WebSocket, so it includes its share of the TCP connection)
+#   SETTLE       seconds between the last connection open and the reading (default 2); past the
+#                handshake timeout (10 s) the connections' handshake deadlines have expired too
 #   OUT          report directory (default bench-results/<UTC>-idle-memory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,6 +25,7 @@ need python3 taskset ss
 
 conns=${1:-15000}
 runs=${2:-3}
+settle=${SETTLE:-2}
 out=${OUT:-$root/bench-results/$(utc_stamp)-idle-memory}
 build_release
 mkdir -p "$out"
@@ -60,7 +63,7 @@ for run in $(seq 1 "$runs"); do
     sleep 1
     rss0=$(rss_kb "$spid"); slab0=$(slab_kb)
     spawn "$out/client-$server-$run.log" $(pin 1) "$BENCH" connect "${client[@]//ADDR/$addr}" --conns "$conns" \
-      --hold 15 --connect-rate 20000 --procs auto --out "$out/bench-$server-$run" --quiet
+      --hold $(( settle + 13 )) --connect-rate 20000 --procs auto --out "$out/bench-$server-$run" --quiet
     cpid=$SPAWNED
     if [ "$transport" = h2 ]; then
       # Few TCP connections carry them: wait for the server to count the WebSockets.
@@ -69,7 +72,7 @@ for run in $(seq 1 "$runs"); do
     else
       wait_established "$addr" "$conns" 60
     fi
-    sleep 2 # let the ramp's transient allocations settle
+    sleep "$settle" # let the ramp's transient allocations settle
     rss1=$(rss_kb "$spid"); slab1=$(slab_kb)
     per=$(( (rss1 - rss0) * 1024 / conns ))
     kper=$(( (slab1 - slab0) * 1024 / conns ))
@@ -89,7 +92,7 @@ cat >"$out/README.md" <<EOF
 - Date: $(date -u +%Y-%m-%d), machine: $(machine_line)
 - Command: \`TRANSPORT=$transport scripts/measure-idle-memory.sh $conns $runs\` (server: \`c100k --listen 127.0.0.1:0 ${SERVER_ARGS:-}\`
   pinned to core 0; client: \`bench-client connect ${client[*]} --conns $conns --connect-rate 20000\` pinned to core 1)
-- Method: server RSS (VmRSS) after a warm-up of 200 connections opened and closed, then 2 s after
+- Method: server RSS (VmRSS) after a warm-up of 200 connections opened and closed, then $settle s after
   all $conns were open; kernel
   \`Slab:\` from /proc/meminfo over the same interval (it counts both ends of each loopback connection).
 

@@ -23,15 +23,23 @@ struct Claims {
     publish: Option<bool>,
 }
 
-/// An authenticated (or, on an open server, self-declared) user.
+/// An authenticated (or, on an open server, self-declared) user. 16 bytes: every room member
+/// carries one (a token's limits sit behind the one pointer of `Scoped`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Empty for an anonymous connection (an open server, no `?user=`): every one shares one
-    /// string, is not listed in presence, and its messages' `from` names its connection.
+pub enum Identity {
+    /// Every room, and publishing. The user is empty for an anonymous connection (an open
+    /// server, no `?user=`): every one shares one string, is not listed in presence, and its
+    /// messages' `from` names its connection.
+    Open(Arc<str>),
+    /// What a token restricts.
+    Scoped(Arc<Scoped>),
+}
+
+/// A user and their token's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scoped {
     pub user: Arc<str>,
-    /// What the token restricts; `None`: every room, and publishing (24 bytes in all: every room
-    /// member carries an identity).
-    pub scope: Option<Arc<Scope>>,
+    pub scope: Scope,
 }
 
 /// A token's limits.
@@ -45,22 +53,36 @@ pub struct Scope {
 impl Identity {
     /// An identity with every permission.
     pub fn open(user: &str) -> Identity {
-        Identity { user: user.into(), scope: None }
+        Identity::Open(user.into())
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        match self {
+            Identity::Open(u) => u,
+            Identity::Scoped(s) => &s.user,
+        }
+    }
+
+    fn scope(&self) -> Option<&Scope> {
+        match self {
+            Identity::Open(_) => None,
+            Identity::Scoped(s) => Some(&s.scope),
+        }
     }
 
     /// A connection that names no user: it allocates nothing (its connection is its name).
     pub fn anonymous() -> Identity {
         static ANON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        Identity { user: ANON.get_or_init(|| "".into()).clone(), scope: None }
+        Identity::Open(ANON.get_or_init(|| "".into()).clone())
     }
 
     pub fn is_anonymous(&self) -> bool {
-        self.user.is_empty()
+        self.user().is_empty()
     }
 
     /// Whether the token's `rooms` claim allows `room`.
     pub fn may_join(&self, room: &str) -> bool {
-        match self.scope.as_ref().and_then(|s| s.rooms.as_ref()) {
+        match self.scope().and_then(|s| s.rooms.as_ref()) {
             None => true,
             Some(pats) => pats.iter().any(|p| match p.strip_suffix('*') {
                 Some(prefix) => room.starts_with(prefix),
@@ -71,7 +93,7 @@ impl Identity {
 
     /// Whether the token allows publishing (`publish: false` makes it read-only).
     pub fn may_publish(&self) -> bool {
-        self.scope.as_ref().is_none_or(|s| s.may_publish)
+        self.scope().is_none_or(|s| s.may_publish)
     }
 }
 
@@ -146,7 +168,8 @@ impl Auth {
             may_publish: c.publish.unwrap_or(true),
         };
         let open = scope.rooms.is_none() && scope.may_publish;
-        Ok(Identity { user: c.sub.into(), scope: (!open).then(|| Arc::new(scope)) })
+        let user: Arc<str> = c.sub.into();
+        Ok(if open { Identity::Open(user) } else { Identity::Scoped(Arc::new(Scoped { user, scope })) })
     }
 
     /// Browsers send `Origin`; one not on the allow-list is refused. Requests without `Origin`
@@ -204,7 +227,7 @@ mod tests {
         let auth = Auth::new(Some(SECRET), None).unwrap();
         let ok = token(json!({"sub":"ann","exp":now() + 60,"rooms":["lobby","team-*"],"publish":false}), SECRET);
         let id = auth.identify(Some(&ok), Some("ignored")).unwrap();
-        assert_eq!(&*id.user, "ann");
+        assert_eq!(&**id.user(), "ann");
         assert!(!id.may_publish());
         assert!(id.may_join("lobby") && id.may_join("team-red") && id.may_join("team-"));
         assert!(!id.may_join("lobby2") && !id.may_join("other"));
@@ -246,7 +269,7 @@ mod tests {
     #[test]
     fn open_servers_take_the_user_parameter_or_are_anonymous() {
         let auth = Auth::new(None, None).unwrap();
-        assert_eq!(&*auth.identify(Some("ignored"), Some("ann")).unwrap().user, "ann");
+        assert_eq!(&**auth.identify(Some("ignored"), Some("ann")).unwrap().user(), "ann");
         assert!(auth.identify(None, None).unwrap().is_anonymous());
         assert!(matches!(auth.identify(None, Some("")), Err(Refusal::BadRequest(_))));
         assert!(matches!(auth.identify(None, Some("a\nb")), Err(Refusal::BadRequest(_))));

@@ -82,6 +82,12 @@ impl Wheel {
                 self.len -= v.len();
                 out.append(v);
                 self.occupied[slot / 64] &= !(1 << (slot % 64));
+                // A burst (a connection storm's handshake deadlines) would otherwise keep its
+                // slot's capacity for good, in every slot a burst ever landed in: the wheel
+                // keeps what its live entries need, not its history's peaks.
+                if v.capacity() > SLOT_KEEP {
+                    *v = Vec::new();
+                }
             }
         }
         self.now = now;
@@ -115,12 +121,27 @@ impl Wheel {
     }
 }
 
+/// Entries a slot keeps room for once it has expired.
+const SLOT_KEEP: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn e(key: u32) -> Entry {
         Entry { key, id: 0 }
+    }
+
+    #[test]
+    fn an_expired_burst_leaves_no_capacity_behind() {
+        let mut w = Wheel::new(64, 0);
+        for k in 0..10_000 {
+            w.schedule(w.now, 3, e(k));
+        }
+        let mut out = Vec::new();
+        w.expire(3, &mut out);
+        assert_eq!(out.len(), 10_000);
+        assert!(w.slots.iter().all(|v| v.capacity() <= SLOT_KEEP));
     }
 
     #[test]

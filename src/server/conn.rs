@@ -215,8 +215,6 @@ pub struct Peer {
     pub identity: Identity,
     pub seats: Seats,
     pub bucket: Bucket,
-    /// What waits for the broker's answer to a join (a thin pointer: every member carries it).
-    pub pending: Option<Box<Pending>>,
 }
 
 /// State kept only until the broker answers a join.
@@ -233,29 +231,11 @@ pub enum Pending {
 
 impl Peer {
     pub fn new(identity: Identity, bucket: Bucket) -> Peer {
-        Peer { identity, seats: Seats::Empty, bucket, pending: None }
+        Peer { identity, seats: Seats::Empty, bucket }
     }
 
     pub fn seat(&self, room: u32) -> Option<usize> {
         self.seats.iter().position(|s| s.room == room)
-    }
-
-    /// The position asked for in local room `room`, while its join is unanswered.
-    pub fn since(&self, room: u32) -> Option<&Position> {
-        match self.pending.as_deref() {
-            Some(Pending::Since(v)) => v.iter().find(|(r, _)| *r == room).map(|(_, p)| p),
-            _ => None,
-        }
-    }
-
-    /// Forget the position asked for in `room` (its join was answered).
-    pub fn answered(&mut self, room: u32) {
-        if let Some(Pending::Since(v)) = self.pending.as_deref_mut() {
-            v.retain(|(r, _)| *r != room);
-            if v.is_empty() {
-                self.pending = None;
-            }
-        }
     }
 }
 
@@ -594,7 +574,7 @@ mod tests {
         assert_eq!(s.swap_remove(0).room, 3);
         assert!(s.is_empty());
         assert_eq!(std::mem::size_of::<Seats>(), 16);
-        assert!(std::mem::size_of::<Peer>() <= 64, "{}", std::mem::size_of::<Peer>());
+        assert!(std::mem::size_of::<Peer>() <= 48, "{}", std::mem::size_of::<Peer>());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Owns the loop's member lists; connections are passed in, so nothing here calls back into the
 //! event loop.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,6 +39,9 @@ pub struct Rooms {
     woken: Vec<PollReady>,
     /// Tells this process's anonymous senders from another's (see [`Rooms::sender`]).
     anon_nonce: u32,
+    /// What waits for the broker's answer to a join, by connection: kept here rather than in
+    /// the `Peer` every member carries (few members have any, and only for a moment).
+    pending: HashMap<u32, Pending>,
 }
 
 /// A long poll's answer is ready: messages after its position (or none: where the room is now).
@@ -93,7 +97,48 @@ impl Rooms {
             deflate_min,
             woken: Vec::new(),
             anon_nonce,
+            pending: HashMap::new(),
         }
+    }
+
+    /// A seed-mode member's `Sec-WebSocket-Accept`, kept until the broker has it in its room.
+    pub fn await_upgrade(&mut self, key: usize, accept: [u8; 28]) {
+        self.pending.insert(key as u32, Pending::Upgrade(accept));
+    }
+
+    pub fn take_upgrade(&mut self, key: usize) -> Option<[u8; 28]> {
+        match self.pending.remove(&(key as u32)) {
+            Some(Pending::Upgrade(a)) => Some(a),
+            Some(other) => {
+                self.pending.insert(key as u32, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The position connection `key` asked for in local room `room`, while its join is
+    /// unanswered.
+    pub fn since(&self, key: usize, room: u32) -> Option<&Position> {
+        match self.pending.get(&(key as u32)) {
+            Some(Pending::Since(v)) => v.iter().find(|(r, _)| *r == room).map(|(_, p)| p),
+            _ => None,
+        }
+    }
+
+    /// Forget the position asked for in `room` (its join was answered).
+    fn answered(&mut self, key: usize, room: u32) {
+        if let Some(Pending::Since(v)) = self.pending.get_mut(&(key as u32)) {
+            v.retain(|(r, _)| *r != room);
+            if v.is_empty() {
+                self.pending.remove(&(key as u32));
+            }
+        }
+    }
+
+    /// Connection `key` is gone.
+    pub fn forget(&mut self, key: usize) {
+        self.pending.remove(&(key as u32));
     }
 
     /// The `from` of a message sent by `identity` on connection `conn`: its user, or for an
@@ -103,7 +148,7 @@ impl Rooms {
         if identity.is_anonymous() {
             format!("anon-{:08x}-{}-{}-{}", self.anon_nonce, conn.lp, conn.key, conn.gen).into()
         } else {
-            identity.user.clone()
+            identity.user().clone()
         }
     }
 
@@ -178,14 +223,13 @@ impl Rooms {
         peer.seats.push(Seat { room: idx, pos: PENDING, presence });
         if let (Some(p), Route::Sse | Route::Poll) = (&since, conns[key].route) {
             // Kept until the join is answered: a poll's timeout answers with it, a stream's ids carry it.
-            let peer = conns[key].peer.as_mut().expect("checked above");
-            match peer.pending.get_or_insert_with(|| Box::new(Pending::Since(Vec::new()))).as_mut() {
+            match self.pending.entry(key as u32).or_insert_with(|| Pending::Since(Vec::new())) {
                 Pending::Since(v) => v.push((idx, p.clone())),
                 Pending::Upgrade(_) => {}
             }
         }
         let peer = conns[key].peer.as_mut().expect("checked above");
-        let user = peer.identity.user.clone();
+        let user = peer.identity.user().clone();
         self.broker.join(Join { lp: self.lp, to, room, user: &user, since, id });
         Ok(())
     }
@@ -225,9 +269,9 @@ impl Rooms {
             _ => Wire::Raw,
         };
         let wire = if c.sess.deflate() { wire.deflated() } else { wire };
+        let since = self.since(key, idx).cloned();
+        self.answered(key, idx);
         let Some(peer) = c.peer.as_mut() else { return };
-        let since = peer.since(idx).cloned();
-        peer.answered(idx);
         let presence = peer.seats[si].presence;
         peer.seats[si].pos = self.local.add(idx, Member { key: to.key, wire, presence });
         m.joins_total.inc();
@@ -247,7 +291,7 @@ impl Rooms {
                 let before = j.replay.first().map_or(j.top, |msg| msg.seq.saturating_sub(1));
                 let mut json = Vec::with_capacity(96 + name.len());
                 v1::write_joined(&mut json, None, &name, &j.epoch, j.top, j.recovered);
-                let id = self.sse_id(peer_of(c), idx, Some((&j.epoch, before)));
+                let id = self.sse_id(key, peer_of(c), idx, Some((&j.epoch, before)));
                 let mut ev = Vec::with_capacity(json.len() + id.len() + 32);
                 sse::write_event(&mut ev, Some(&id), "joined", &json);
                 relay.send(key, c, &Bytes::from(ev), m);
@@ -272,13 +316,13 @@ impl Rooms {
 
     /// The id of an event stream after an event of room `idx` at `at` (none: where the room is):
     /// `ROOM:EPOCH:SEQ` for every room of the stream.
-    fn sse_id(&self, peer: &Peer, idx: u32, at: Option<(&str, u64)>) -> String {
+    fn sse_id(&self, key: usize, peer: &Peer, idx: u32, at: Option<(&str, u64)>) -> String {
         let mut positions: Vec<(&str, &str, u64)> = Vec::with_capacity(peer.seats.len());
         for seat in peer.seats.iter() {
             let Some(r) = self.local.get(seat.room) else { continue };
             let pos = match (seat.room == idx, at) {
                 (true, Some((epoch, seq))) => Some((epoch, seq)),
-                _ if seat.pos == PENDING => peer.since(seat.room).map(|p| (p.epoch.as_str(), p.seq)),
+                _ if seat.pos == PENDING => self.since(key, seat.room).map(|p| (p.epoch.as_str(), p.seq)),
                 _ => r.last.as_ref().map(|(e, s)| (&**e, *s)),
             };
             if let Some((epoch, seq)) = pos {
@@ -302,7 +346,7 @@ impl Rooms {
         m: &LoopMetrics,
     ) {
         if wire == Wire::Sse {
-            let id = self.sse_id(peer_of(c), idx, Some((&msg.epoch, msg.seq)));
+            let id = self.sse_id(key, peer_of(c), idx, Some((&msg.epoch, msg.seq)));
             relay.send(key, c, &Bytes::from(format!("id: {id}\n")), m);
         }
         relay.send(key, c, msg.frame(wire), m);
@@ -396,7 +440,7 @@ impl Rooms {
         let conn = self.conn_ref(key, &conns[key]);
         let Some(peer) = conns[key].peer.as_mut() else { return };
         let seat = peer.seats.swap_remove(si);
-        let user = peer.identity.user.clone();
+        let user = peer.identity.user().clone();
         if seat.pos != PENDING {
             if let Some(moved) = self.local.remove(seat.room, seat.pos) {
                 if let Some(p) = conns.get_mut(moved as usize).and_then(|c| c.peer.as_mut()) {

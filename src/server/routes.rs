@@ -760,7 +760,7 @@ mod tests {
         );
         assert!(matches!(
             decide(&ws("/ws?user=ann", "Sec-WebSocket-Protocol: chat, c100k.v1\r\n")),
-            Decision::Upgrade { kind: WsKind::V1, protocol: Some("c100k.v1"), identity, .. } if &*identity.user == "ann"
+            Decision::Upgrade { kind: WsKind::V1, protocol: Some("c100k.v1"), identity, .. } if &**identity.user() == "ann"
         ));
         assert!(matches!(
             decide(&ws("/ws?room=r", "Sec-WebSocket-Protocol: chat\r\n")),
@@ -865,7 +865,7 @@ mod tests {
         match get("/sse?room=a&room=b&room=a&presence=1&user=ann", "") {
             Decision::Sse { rooms, presence: true, identity } => {
                 assert_eq!(rooms, vec![("a".into(), None), ("b".into(), None)], "duplicates folded");
-                assert_eq!(&*identity.user, "ann");
+                assert_eq!(&**identity.user(), "ann");
             }
             other => panic!("{other:?}"),
         }
@@ -895,7 +895,7 @@ mod tests {
         };
         match post("/rooms/a%2Fb/messages?user=bo", r#"{"data":{"x":[1]}}"#) {
             Decision::Api { call: ApiCall::Send { room, data, identity }, close: false } => {
-                assert_eq!((room.as_str(), &*data, &*identity.user), ("a/b", r#"{"x":[1]}"#, "bo"));
+                assert_eq!((room.as_str(), &*data, &**identity.user()), ("a/b", r#"{"x":[1]}"#, "bo"));
             }
             other => panic!("{other:?}"),
         }

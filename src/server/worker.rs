@@ -23,7 +23,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{flags, Bucket, Conn, Peer, Pending, Route, Sent, Take};
+use super::conn::{flags, Bucket, Conn, Peer, Route, Sent, Take};
 use super::messages::{self, After};
 use super::metrics::LoopMetrics;
 use super::relay::Relay;
@@ -962,8 +962,8 @@ impl Worker {
             // answer to the join (`open_raw`), like an API request waits for its reply.
             let c = &mut self.conns[key];
             c.flags |= flags::AWAITING;
-            if let (Some(p), Ok(key)) = (c.peer.as_mut(), <[u8; 28]>::try_from(accept.as_bytes())) {
-                p.pending = Some(Box::new(Pending::Upgrade(key)));
+            if let Ok(a) = <[u8; 28]>::try_from(accept.as_bytes()) {
+                self.rooms.await_upgrade(key, a);
             }
             if let Err((_, why)) = self.rooms.join(&mut self.conns, key, &room, None, false, None) {
                 log::debug!("loop {}: seed-mode join failed: {why}", self.id);
@@ -1000,7 +1000,7 @@ impl Worker {
         }
         let c = &mut self.conns[key];
         c.flags &= !flags::AWAITING;
-        let Some(Pending::Upgrade(accept)) = c.peer.as_mut().and_then(|p| p.pending.take()).map(|b| *b) else {
+        let Some(accept) = self.rooms.take_upgrade(key) else {
             return self.drop_conn(key);
         };
         if c.has(flags::PEER_EOF) {
@@ -1487,6 +1487,7 @@ impl Worker {
         self.leave_ws(key, false);
         let tcp = self.unlink(key);
         let c = self.conns.remove(key);
+        self.rooms.forget(key);
         if let Some(ip) = self.ip_of.remove(&key) {
             let mut m = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = m.get_mut(&ip) {
@@ -1590,6 +1591,9 @@ impl Worker {
                     self.drop_conn(key);
                 }
             }
+        }
+        if expired.capacity() > 4096 {
+            *expired = Vec::new(); // after a storm's deadlines: not kept for the next one
         }
     }
 

@@ -157,9 +157,9 @@ impl Worker {
     /// an empty answer at the position the poll asked for.
     pub(super) fn poll_timed_out(&mut self, key: usize) {
         let c = &self.conns[key];
-        let at = c.peer.as_ref().and_then(|p| p.seats.first().map(|s| (p, s))).and_then(|(p, s)| {
+        let at = c.peer.as_ref().and_then(|p| p.seats.first()).and_then(|s| {
             if s.pos == PENDING {
-                p.since(s.room).map(|pos| (pos.epoch.clone().into(), pos.seq))
+                self.rooms.since(key, s.room).map(|pos| (pos.epoch.clone().into(), pos.seq))
             } else {
                 self.rooms.position(s.room)
             }
