@@ -152,9 +152,9 @@ fn idle_connections_and_members_hold_what_their_layout_says() {
         let c = per_connection(addr, &steps);
         println!("{name}: {c:?}");
         assert!(c.blocks <= blocks + 0.25, "{name}: {c:?}");
-        // The Peer (64 bytes) and a share of the room's member list and timers (the margins: what
+        // The Peer (48 bytes) and a share of the room's member list and timers (the margins: what
         // the process allocates meanwhile, a few hundred blocks at most).
-        assert!(c.bytes <= 64.0 * blocks + 64.0, "{name}: {c:?}");
+        assert!(c.bytes <= 48.0 * blocks + 64.0, "{name}: {c:?}");
         assert!(c.left_blocks < 0.25 && c.left_bytes < 48.0, "{name} leaves memory behind: {c:?}");
     }
 }
