@@ -126,7 +126,9 @@ pub fn run(r: Run, interrupted: Arc<AtomicBool>) -> Result<Ended, String> {
     for w in workers.iter_mut() {
         w.send(&Command::Stop);
     }
-    let deadline = Instant::now() + r.drain + Duration::from_secs(15);
+    // Closing takes time at scale: a million connections closed by one core (both ends) took
+    // over 20 s here, so the deadline grows by a second per 10,000 connections.
+    let deadline = Instant::now() + r.drain + Duration::from_secs(15) + Duration::from_millis(r.conns as u64 / 10);
     while workers.iter().any(|w| !w.exited && w.outcome.is_none()) && Instant::now() < deadline {
         pump(&rx, &mut workers, Duration::from_millis(100));
         printer.tick(&workers, "stop");
