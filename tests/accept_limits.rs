@@ -68,6 +68,9 @@ fn a_full_server_answers_503_and_still_serves_health() {
     assert_eq!(status, 200);
     assert!(String::from_utf8(body).unwrap().contains("c100k_overflow_refusals_total 1"));
     // With the overflow reserve full of idle connections too, new ones are refused on the spot.
+    // (The connections just answered from the reserve must be gone first, or some idle ones
+    // find it still taken.)
+    wait_for("answered connections gone", Duration::from_secs(5), || srv.metrics().connections_open == 3);
     let idle: Vec<_> = (0..c100k::net::limits::OVERFLOW_CONNS).map(|_| tcp(a)).collect();
     wait_for("reserve full", Duration::from_secs(5), || {
         srv.metrics().connections_open >= 3 + c100k::net::limits::OVERFLOW_CONNS
