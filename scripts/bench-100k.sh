@@ -30,8 +30,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need curl taskset python3
 
-quick=${QUICK:-0}
-q() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 conns=${CONNS:-$(q 100000 2000)}
 ping=${PING:-$(q 30 5)}
 connect_rate=${CONNECT_RATE:-$(q 5000 2000)}
@@ -50,13 +48,7 @@ exec > >(tee "$out/run.log") 2>&1
 
 build_release
 
-log "kernel profile"
-if [ "$(id -u)" = 0 ]; then
-  "$root/scripts/apply-sysctl.sh" >"$out/sysctl.txt" || die "applying the kernel profile failed (see $out/sysctl.txt)"
-else
-  "$root/scripts/apply-sysctl.sh" --check >"$out/sysctl.txt"
-  log "not root: kernel profile only checked (see $out/sysctl.txt)"
-fi
+kernel_profile "$out"
 
 # Workers: enough that each stays well inside the per-process open-file limit, including the
 # echo and broadcast connections that come on top.
@@ -64,11 +56,7 @@ extra=3000
 nofile=$(ulimit -Hn)
 per_proc=$(( nofile - 1000 ))
 procs=$(( (conns + extra + per_proc - 1) / per_proc ))
-nsrc=$(( procs * 10 ))   # a multiple of procs: source addresses spread evenly over the workers
-# From 127.0.0.2 on, across octets past 254 workers' worth (1M connections: 530 addresses).
-last=$(( 2 + nsrc - 1 ))
-src=127.0.0.2-127.0.$(( last / 256 )).$(( last % 256 ))
-[ "$nsrc" -le 60000 ] || die "too many workers ($procs) for the source range"
+src=$(source_range "$procs")   # a multiple of procs: spread evenly over the workers
 log "open-file limit $nofile per process: $procs server workers, sources $src"
 
 spawn "$out/server.log" $(pin 0) "$C100K" --listen 127.0.0.1:0 --processes "$procs" --threads 1 \

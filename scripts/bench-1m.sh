@@ -26,8 +26,6 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need redis-server redis-cli taskset python3 curl
 
-quick=${QUICK:-0}
-q() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 conns=${CONNS:-$(q 1000000 5000)}
 room_size=${ROOM_SIZE:-$(q 1000 500)}
 hold=${HOLD:-$(q 600 30)}
@@ -44,9 +42,8 @@ exec > >(tee "$out/run.log") 2>&1
 nofile=$(ulimit -Hn)
 per_proc=$(( nofile - 1000 ))
 procs=$(( (conns + 100 + per_proc - 1) / per_proc ))
+src=$(source_range "$procs")
 nsrc=$(( procs * 10 ))
-last=$(( 2 + nsrc - 1 ))
-src=127.0.0.2-127.0.$(( last / 256 )).$(( last % 256 ))
 sysctl_get() { cat "/proc/sys/$(tr . / <<<"$1")" 2>/dev/null || echo 0; }
 ports=$(awk '{ print $2 - $1 + 1 }' /proc/sys/net/ipv4/ip_local_port_range)
 avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
@@ -66,12 +63,7 @@ if [ ${#problems[@]} -gt 0 ]; then
 fi
 
 build_release
-log "kernel profile"
-if [ "$(id -u)" = 0 ]; then
-  "$root/scripts/apply-sysctl.sh" >"$out/sysctl.txt" || die "applying the kernel profile failed (see $out/sysctl.txt)"
-else
-  "$root/scripts/apply-sysctl.sh" --check >"$out/sysctl.txt"
-fi
+kernel_profile "$out"
 
 redis_port=$(free_port)
 spawn "$out/redis.log" $(pin 0) redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
@@ -118,14 +110,7 @@ wait "$sup" 2>/dev/null || true
 spawn "$out/server-2.log" $(pin 0) "${server[@]}"
 sup2=$SPAWNED
 wait_listening "$out/server-2.log" "$sup2" >/dev/null
-: >"$out/samples.tsv"
-while kill -0 "$bench" 2>/dev/null; do
-  m=$(curl -s "http://$addr/metrics" || true)
-  acc=$(awk '/^c100k_connections_accepted_total /{print $2}' <<<"$m")
-  hs=$(awk '/^c100k_handshakes_total /{print $2}' <<<"$m")
-  [ -n "$acc" ] && printf '%s\t%s\t%s\n' "$(date +%s.%N)" "$acc" "${hs:-0}" >>"$out/samples.tsv"
-  sleep 0.1
-done
+sample_storm "$addr" "$bench" "$out/samples.tsv"
 wait "$bench" || log "bench-client reported a problem: $(tail -3 "$out/client.log")"
 kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
 
@@ -138,7 +123,7 @@ import json, sys
 conns, held, window = int(conns), int(held), int(window)
 s = json.load(open(f"{out}/bench/summary.json"))
 rows = [l.split("\t") for l in open(f"{out}/samples.tsv") if l.strip()]
-rows = [(float(t), int(a), int(h)) for t, a, h in rows]
+rows = [(float(t), int(a), int(h)) for t, a, h, _ in rows]
 def peak(col):
     best = 0.0
     for i, r in enumerate(rows):

@@ -58,16 +58,7 @@ wait_listening "$out/server-2.log" "$second" >/dev/null
 log "server restarted (pid $second)"
 
 # Sample the new server's counters for the rest of the run.
-: >"$out/samples.tsv"
-while kill -0 "$bench" 2>/dev/null; do
-  t=$(date +%s.%N)
-  m=$(curl -s "http://127.0.0.1:$port/metrics" || true)
-  acc=$(awk '/^c100k_connections_accepted_total /{print $2}' <<<"$m")
-  hs=$(awk '/^c100k_handshakes_total /{print $2}' <<<"$m")
-  sse=$(awk '/^c100k_sse_streams_total /{print $2}' <<<"$m")
-  [ -n "$acc" ] && printf '%s\t%s\t%s\t%s\n' "$t" "${acc:-0}" "${hs:-0}" "${sse:-0}" >>"$out/samples.tsv"
-  sleep 0.1
-done
+sample_storm "127.0.0.1:$port" "$bench" "$out/samples.tsv"
 wait "$bench" || die "bench-client failed: $(tail -5 "$out/client.log")"
 kill -TERM "$second"; wait "$second" 2>/dev/null || true
 

@@ -170,3 +170,41 @@ machine_line() {
 }
 
 utc_stamp() { date -u +%Y%m%dT%H%M%SZ; }
+
+# QUICK=1 picks the second of two defaults: `q FULL QUICK`.
+q() { if [ "${QUICK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+
+# kernel_profile OUT: apply the kernel profile as root (else only check it), into OUT/sysctl.txt.
+kernel_profile() {
+  log "kernel profile"
+  if [ "$(id -u)" = 0 ]; then
+    "$root/scripts/apply-sysctl.sh" >"$1/sysctl.txt" || die "applying the kernel profile failed (see $1/sysctl.txt)"
+  else
+    "$root/scripts/apply-sysctl.sh" --check >"$1/sysctl.txt"
+    log "not root: kernel profile only checked (see $1/sysctl.txt)"
+  fi
+}
+
+# source_range PROCS: ten client source addresses per server worker from 127.0.0.2 on (across
+# octets: 1M connections take 530), as bench-client's --src range.
+source_range() {
+  local n=$(( $1 * 10 ))
+  [ "$n" -le 60000 ] || die "too many workers ($1) for the source range"
+  local last=$(( 2 + n - 1 ))
+  echo "127.0.0.2-127.0.$(( last / 256 )).$(( last % 256 ))"
+}
+
+# sample_storm ADDR PID FILE: while PID runs, append the server's accepts, WebSocket handshakes
+# and SSE streams started (counters from /metrics) to FILE every 100 ms, with the time.
+sample_storm() {
+  : >"$3"
+  local m acc hs sse
+  while kill -0 "$2" 2>/dev/null; do
+    m=$(curl -s "http://$1/metrics" || true)
+    acc=$(awk '/^c100k_connections_accepted_total /{print $2}' <<<"$m")
+    hs=$(awk '/^c100k_handshakes_total /{print $2}' <<<"$m")
+    sse=$(awk '/^c100k_sse_streams_total /{print $2}' <<<"$m")
+    [ -n "$acc" ] && printf '%s\t%s\t%s\t%s\n' "$(date +%s.%N)" "$acc" "${hs:-0}" "${sse:-0}" >>"$3"
+    sleep 0.1
+  done
+}
