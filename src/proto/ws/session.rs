@@ -267,13 +267,17 @@ impl Session {
         }
         let dcfg = cfg.decode(self.deflate);
         loop {
-            let was_idle = self.dec.is_idle();
-            let frame = match self.dec.decode(rest, &dcfg) {
+            let was_complete = self.dec.started().is_none();
+            let decoded = self.dec.decode(rest, &dcfg);
+            if was_complete && self.dec.started().is_some() {
+                // Incomplete input began in this call, whether or not a frame (a ping between
+                // fragments) was also returned: its clock starts now.
+                self.dec.mark_started(now);
+            }
+            let frame = match decoded {
                 Ok(Some(f)) => f,
                 Ok(None) => {
-                    if was_idle {
-                        self.dec.mark_started(now);
-                    } else if let Some(e) = self.overdue(now, cfg) {
+                    if let Some(e) = self.overdue(now, cfg).filter(|_| !was_complete) {
                         // A trickle that keeps the heartbeat happy does not keep a message open.
                         *rest = &mut [];
                         return Some(self.fail(e, now, out, cfg.role));
@@ -630,6 +634,28 @@ mod tests {
         let mut rest: &mut [u8] = &mut whole;
         assert!(matches!(s.feed(&mut rest, 0, &mut out, &off), Some(Event::Message { .. })));
         assert_eq!(s.next_timer(0, &off), None);
+    }
+
+    #[test]
+    fn a_message_begun_in_the_same_read_as_a_ping_starts_its_clock_then() {
+        // Autobahn 5.19: two fragments and a ping in one read, long after the server started.
+        // The clock must start at that read, not at tick 0 (which failed it at once with 1008).
+        let mut s = open(0);
+        let mut out = Vec::new();
+        let mut first = client(OpCode::Data(Data::Text), b"frag1");
+        first[0] &= 0x7f; // FIN clear
+        let mut buf = first;
+        buf.extend(client(OpCode::Control(Control::Ping), b"p"));
+        let mut rest: &mut [u8] = &mut buf;
+        assert_eq!(s.feed(&mut rest, 5_000, &mut out, &CFG), None);
+        assert_eq!(frames(&out), vec![(OpCode::Control(Control::Pong), b"p".to_vec())]);
+        assert_eq!(s.next_timer(5_000, &SessionConfig { ping_interval: 0, ..CFG }), Some(200));
+        let mut last = client(OpCode::Data(Data::Continue), b"end");
+        let mut rest: &mut [u8] = &mut last;
+        match s.feed(&mut rest, 5_100, &mut out, &CFG) {
+            Some(Event::Message { text: true, data }) => assert_eq!(&*data, b"frag1end"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
