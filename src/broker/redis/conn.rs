@@ -153,7 +153,8 @@ pub struct Scripts {
     pub join: Script,
     pub leave: Script,
     pub sweep: Script,
-    pub refresh: Script,
+    pub alive: Script,
+    pub touch: Script,
     pub history: Script,
     pub presence: Script,
     pub catchup: Script,
@@ -174,7 +175,8 @@ impl Scripts {
             join: Script::new(include_str!("lua/join.lua")),
             leave: Script::new(include_str!("lua/leave.lua")),
             sweep: Script::new(include_str!("lua/sweep.lua")),
-            refresh: Script::new(include_str!("lua/refresh.lua")),
+            alive: Script::new(include_str!("lua/alive.lua")),
+            touch: Script::new(include_str!("lua/touch.lua")),
             history: Script::new(include_str!("lua/history.lua")),
             presence: Script::new(include_str!("lua/presence.lua")),
             catchup: Script::new(include_str!("lua/catchup.lua")),
@@ -182,13 +184,14 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.publish,
             &self.join,
             &self.leave,
             &self.sweep,
-            &self.refresh,
+            &self.alive,
+            &self.touch,
             &self.history,
             &self.presence,
             &self.catchup,
@@ -228,7 +231,8 @@ pub struct Keys {
     pub pconns: String,
     /// Hash: user → nodes where present.
     pub pusers: String,
-    /// Sorted set: node → when it is given up for dead unless it refreshes.
+    /// Sorted set: node with members in the room → when it is stale here unless it touches the
+    /// room again (the fallback; liveness itself is [`nodes_key`]'s).
     pub pnodes: String,
     pub channel: String,
 }
@@ -249,6 +253,12 @@ impl Keys {
             channel: format!("{prefix}:{{{tag}}}"),
         }
     }
+}
+
+/// The deployment's live nodes (sorted set: node → when it is given up for dead unless it
+/// refreshes): one key, outside every room's hash tag, only ever used by `alive.lua` alone.
+pub fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}:nodes")
 }
 
 #[cfg(test)]

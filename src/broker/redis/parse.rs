@@ -110,6 +110,20 @@ pub fn parse_presence(v: Value) -> Result<Vec<(Arc<str>, u32)>, String> {
     Ok(a.chunks(2).filter_map(|kv| Some((text(kv.first()?)?.into(), int(kv.get(1)?)? as u32))).collect())
 }
 
+/// `alive.lua`: whether the node was still alive, and the nodes given up for dead.
+pub fn parse_alive(v: Value) -> Result<(bool, Vec<Arc<str>>), String> {
+    let mut a = array(v).ok_or_else(|| bad("alive"))?.into_iter();
+    let ok = a.next().as_ref().and_then(int).ok_or_else(|| bad("alive"))? == 1;
+    Ok((ok, a.filter_map(|n| text(&n)).map(Arc::from).collect()))
+}
+
+/// `sweep.lua`: the number of nodes with members in the room.
+pub fn parse_swept(v: Value) -> Result<u32, String> {
+    let a = array(v).ok_or_else(|| bad("sweep"))?;
+    let n = a.get(1).and_then(int).ok_or_else(|| bad("sweep"))?;
+    Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+}
+
 /// A presence change published on a room's channel: `P\n+\nuser` (joined) or `P\n-\nuser`.
 pub fn parse_presence_event(p: &[u8]) -> Option<(bool, Arc<str>)> {
     let rest = p.strip_prefix(b"P\n")?;
@@ -152,6 +166,17 @@ pub fn parse_message(p: &[u8], room: &Arc<str>, node: &str) -> Option<RoomMessag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alive_and_sweep_answers_parse() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let v = Value::Array(vec![Value::Int(0), b("n1"), b("n2")]);
+        assert_eq!(parse_alive(v), Ok((false, vec![Arc::from("n1"), Arc::from("n2")])));
+        assert_eq!(parse_alive(Value::Array(vec![Value::Int(1)])), Ok((true, vec![])));
+        assert!(parse_alive(Value::Int(1)).is_err());
+        assert_eq!(parse_swept(Value::Array(vec![Value::Int(3), Value::Int(2)])), Ok(2));
+        assert!(parse_swept(Value::Array(vec![Value::Int(3)])).is_err());
+    }
 
     #[test]
     fn presence_events_parse() {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{Cmd, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::conn::{evalsha, Keys, RConn, Scripts};
+use super::conn::{evalsha, nodes_key, Keys, RConn, Scripts};
 use super::parse::{self, CatchUp, Msg};
 use super::{lock, Health, Req};
 use crate::broker::{Event, Gauges, Joined, Reply, RoomRate, Settings, Sink, Tag};
@@ -90,16 +90,18 @@ struct Room {
     joins: VecDeque<PendingJoin>,
     /// A catch-up is wanted once nothing is in flight.
     catch_up: bool,
-    /// This node's connections per user in the room (for presence refreshes).
+    /// This node's connections per user in the room (for announcing them again).
     users: HashMap<Arc<str>, u32>,
     /// No local members since then.
     idle_since: Option<Instant>,
-    /// Live nodes with members in the room (the last refresh's count), and when this node
+    /// Live nodes with members in the room (the last sweep's count), and when this node
     /// sweeps it next: each of N nodes sweeps every N sweep periods (jittered), so the room is
     /// swept about once a period whatever the number of nodes. (Every node sweeping every room
     /// every period was 53,000 scripts/s for 53 processes and 1,000 rooms, more than Redis ran.)
     nodes: u32,
     next_sweep: Option<Instant>,
+    /// When this node next runs `touch.lua` for the room (while it has members there).
+    next_touch: Option<Instant>,
 }
 
 impl Room {
@@ -178,10 +180,17 @@ pub(super) enum Done {
     Reannounce {
         room: Arc<str>,
     },
-    /// A refresh went through: `nodes` live nodes have members in the room.
-    Refreshed {
+    /// A sweep went through: `nodes` nodes have members in the room.
+    Swept {
         room: Arc<str>,
         nodes: u32,
+    },
+    /// `alive.lua` answered for `name`: still alive (or `candidate` replaces it), and the
+    /// nodes given up for dead.
+    Alive {
+        name: Arc<str>,
+        candidate: Arc<str>,
+        result: Result<(bool, Vec<Arc<str>>), String>,
     },
     Ok,
     Err(String),
@@ -196,8 +205,16 @@ pub(super) struct Task {
     scripts: Arc<Scripts>,
     /// Every key and channel starts with this.
     prefix: Arc<str>,
-    /// This process's name in presence entries and message origins.
+    /// This process's name in message origins.
     node: Arc<str>,
+    /// Its name in presence and liveness: `node` at first, a new one each time it finds it was
+    /// given up for dead (a stall), so sweeps made from an older list of the dead cannot
+    /// remove the members it announces again.
+    pnode: Arc<str>,
+    /// `pnode` has not yet been registered as alive.
+    fresh: bool,
+    /// The nodes given up for dead (the last `alive.lua` answer), named to every sweep.
+    dead: Vec<Arc<str>>,
     rng: u64,
     rooms: HashMap<Arc<str>, Room>,
     /// Connections lost so far (pub/sub missed what was published meanwhile).
@@ -210,6 +227,12 @@ pub(super) struct Task {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Uniform in [0, 1) from a 64-bit LCG step.
+fn unit(rng: &mut u64) -> f64 {
+    *rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    (*rng >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn ms(d: Duration) -> u64 {
@@ -249,7 +272,10 @@ impl Task {
             health,
             scripts: Arc::new(scripts),
             prefix,
+            pnode: node.clone(),
             node,
+            fresh: true,
+            dead: Vec::new(),
             rng,
             rooms: HashMap::new(),
             disconnects: 0,
@@ -268,7 +294,9 @@ impl Task {
         mut push: mpsc::UnboundedReceiver<PushInfo>,
     ) {
         let grace = self.cfg.presence_grace;
-        let mut refresh = tokio::time::interval(self.refresh_every());
+        let mut alive = tokio::time::interval(self.refresh_every());
+        let mut touch =
+            tokio::time::interval((self.touch_every() / 4).clamp(Duration::from_millis(25), Duration::from_secs(1)));
         let sweep_every = (grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut sweep = tokio::time::interval(sweep_every);
         let mut retry = tokio::time::interval(Duration::from_millis(250));
@@ -285,7 +313,8 @@ impl Task {
                     Some(Req::Stop) | None => return,
                     Some(r) => self.on_req(r),
                 },
-                _ = refresh.tick() => self.refresh(),
+                _ = alive.tick() => self.alive(),
+                _ = touch.tick() => self.touch(),
                 _ = sweep.tick() => self.sweep(sweep_every),
                 _ = retry.tick() => self.retry(),
             }
@@ -437,6 +466,7 @@ impl Task {
                 idle_since: None,
                 nodes: 1,
                 next_sweep: None,
+                next_touch: None,
             },
         );
         self.start_subscribe(&name);
@@ -471,9 +501,10 @@ impl Task {
             r.forget_user(user);
         }
         let k = self.keys(name);
-        let mut cmd = evalsha(&self.scripts.leave, &[&k.meta, &k.pres, &k.pconns, &k.pusers]);
-        cmd.arg(&k.channel).arg(&*self.node).arg(&**user).arg(u8::from(clean)).arg(ms(self.cfg.presence_grace));
-        cmd.arg(u8::from(self.conn.sharded()));
+        let last = self.rooms.get(name).is_none_or(|r| r.users.is_empty());
+        let mut cmd = evalsha(&self.scripts.leave, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
+        cmd.arg(&k.channel).arg(&*self.pnode).arg(&**user).arg(u8::from(clean)).arg(ms(self.cfg.presence_grace));
+        cmd.arg(u8::from(self.conn.sharded())).arg(u8::from(last));
         self.call(name, cmd, |a| match a {
             Ok(_) => Done::Ok,
             Err(e) => Done::Err(format!("leave: {e}")),
@@ -527,20 +558,32 @@ impl Task {
         let epoch = crate::broker::new_epoch(&mut self.rng);
         let mut cmd = evalsha(&self.scripts.join, &[&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
         cmd.arg(&k.channel).arg(&epoch).arg(ms(self.cfg.history_ttl)).arg(after.map_or(-1, |a| a as i64));
-        cmd.arg(&*self.node).arg(u8::from(self.conn.sharded())).arg(ms(self.node_ttl()));
+        cmd.arg(&*self.pnode).arg(u8::from(self.conn.sharded())).arg(ms(self.stale_after()));
         cmd
     }
 
-    /// How often this node says it is alive in each room's presence.
+    /// How often this node says it is alive (`alive.lua`, once for all its rooms).
     fn refresh_every(&self) -> Duration {
         (self.cfg.presence_grace / 3).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 
-    /// A node that has not refreshed for this long is dead: its users leave presence (a node
-    /// that dies right after refreshing leaves ghosts for at most this long: the grace period,
-    /// or three refreshes when the grace is shorter).
+    /// A node that has not said it is alive for this long is dead: its users leave presence (a
+    /// node that dies right after refreshing leaves ghosts for this long, plus a refresh and a
+    /// sweep: the grace period, or three refreshes when the grace is shorter).
     fn node_ttl(&self) -> Duration {
         self.cfg.presence_grace.max(self.refresh_every() * 3)
+    }
+
+    /// How often this node keeps each room it has members in alive (`touch.lua`): a third of
+    /// the history TTL (jittered, see [`Task::touch`]), so the room's data never expires.
+    fn touch_every(&self) -> Duration {
+        (self.cfg.history_ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// A node that has not touched a room for this long cannot be alive: rooms drop it even
+    /// once `alive.lua` has forgotten it (three touches missed, and then its node TTL).
+    fn stale_after(&self) -> Duration {
+        self.touch_every() * 3 + self.node_ttl()
     }
 
     fn start_catch_up(&mut self, name: &Arc<str>) {
@@ -578,12 +621,32 @@ impl Task {
                 self.send_batch(&room);
             }
             Done::Subscribed { room, ok } => self.subscribed(room, ok),
-            Done::Refreshed { room, nodes } => {
+            Done::Swept { room, nodes } => {
                 self.succeeded();
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.nodes = nodes.max(1);
                 }
             }
+            Done::Alive { name, candidate, result } => match result {
+                Ok((ok, dead)) => {
+                    self.succeeded();
+                    self.dead = dead;
+                    if name == self.pnode {
+                        self.fresh = false;
+                        if !ok {
+                            // Given up for dead while it stalled: its members are announced
+                            // again under a new name (the old one stays dead).
+                            log::warn!("Redis: this node was given up for dead; announcing its members again");
+                            self.pnode = candidate;
+                            let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+                            for room in rooms {
+                                self.reannounce(room);
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.failed(&format!("alive: {e}")),
+            },
             Done::Reannounce { room } => {
                 self.succeeded();
                 self.reannounce(room);
@@ -958,28 +1021,49 @@ impl Task {
 
     // ---- timers ----
 
-    /// Tell every room with members here that this node is alive (one entry per room, however
-    /// many members), and keep the rooms' data alive.
-    fn refresh(&mut self) {
-        let (ttl, node_ttl) = (ms(self.cfg.history_ttl), ms(self.node_ttl()));
+    /// Tell Redis this node is alive (one call for all its rooms), and learn the dead.
+    fn alive(&mut self) {
+        let candidate: Arc<str> = crate::broker::new_epoch(&mut self.rng).into();
+        let mut cmd = evalsha(&self.scripts.alive, &[&nodes_key(&self.prefix)]);
+        cmd.arg(&*self.pnode).arg(&*candidate).arg(ms(self.node_ttl())).arg(ms(self.stale_after()));
+        cmd.arg(u8::from(self.fresh));
+        let (scripts, name) = (self.scripts.clone(), self.pnode.clone());
+        self.spawn(move |mut c| async move {
+            let result = c.run_batch(vec![cmd], &scripts).await.pop().unwrap_or_else(|| Err("no answer".into()));
+            Done::Alive { name, candidate, result: result.and_then(parse::parse_alive) }
+        });
+    }
+
+    /// Keep alive the rooms with members here whose touch is due (each every
+    /// [`Task::touch_every`] × [0.5, 1): spread out, and always well inside the TTL).
+    fn touch(&mut self) {
+        let (ttl, stale) = (ms(self.cfg.history_ttl), ms(self.stale_after()));
+        let (now, every) = (Instant::now(), self.touch_every());
+        let rng = &mut self.rng;
         let calls: Vec<(Arc<str>, Cmd)> = self
             .rooms
-            .iter()
+            .iter_mut()
             .filter(|(_, r)| !r.users.is_empty())
-            .map(|(name, r)| {
-                let k = &r.keys;
-                let mut cmd = evalsha(&self.scripts.refresh, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
-                cmd.arg(ttl).arg(&*self.node).arg(node_ttl);
-                (name.clone(), cmd)
+            .filter_map(|(name, r)| {
+                let due = r.next_touch.is_some_and(|t| t <= now);
+                if r.next_touch.is_none() || due {
+                    r.next_touch = Some(now + every.mul_f64(0.5 + unit(rng) / 2.0));
+                }
+                due.then(|| {
+                    let k = &r.keys;
+                    let mut cmd = evalsha(&self.scripts.touch, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
+                    cmd.arg(ttl).arg(&*self.pnode).arg(stale);
+                    (name.clone(), cmd)
+                })
             })
             .collect();
         for (name, cmd) in calls {
             let room = name.clone();
             self.call(&name, cmd, move |a| match a {
-                Ok(Value::Int(n)) if n >= 1 => Done::Refreshed { room, nodes: n.min(i64::from(u32::MAX)) as u32 },
-                // Given up for dead (a long stall), or the room's data lost: announce again.
+                Ok(Value::Int(1)) => Done::Ok,
+                // Given up for dead here, or the room's data lost: announce again.
                 Ok(_) => Done::Reannounce { room },
-                Err(e) => Done::Err(format!("refresh: {e}")),
+                Err(e) => Done::Err(format!("touch: {e}")),
             });
         }
     }
@@ -1009,25 +1093,28 @@ impl Task {
     fn sweep(&mut self, period: Duration) {
         let sharded = u8::from(self.conn.sharded());
         let now = Instant::now();
-        let rng = &mut self.rng;
+        let (rng, dead) = (&mut self.rng, &self.dead);
         let calls: Vec<(Arc<str>, Cmd)> = self
             .rooms
             .iter_mut()
             .filter(|(_, r)| r.sub == Sub::Live && r.next_sweep.is_none_or(|t| t <= now))
             .map(|(name, r)| {
                 // Uniform in [0.5, 1.5) × nodes periods: the nodes' sweeps spread out.
-                *rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                let jitter = 0.5 + (*rng >> 11) as f64 / (1u64 << 53) as f64;
+                let jitter = 0.5 + unit(rng);
                 r.next_sweep = Some(now + period.mul_f64(f64::from(r.nodes) * jitter));
                 let k = &r.keys;
                 let mut cmd = evalsha(&self.scripts.sweep, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
                 cmd.arg(&k.channel).arg(sharded);
+                for d in dead {
+                    cmd.arg(&**d);
+                }
                 (name.clone(), cmd)
             })
             .collect();
         for (name, cmd) in calls {
-            self.call(&name, cmd, |a| match a {
-                Ok(_) => Done::Ok,
+            let room = name.clone();
+            self.call(&name, cmd, move |a| match a.and_then(parse::parse_swept) {
+                Ok(nodes) => Done::Swept { room, nodes },
                 Err(e) => Done::Err(format!("sweep: {e}")),
             });
         }

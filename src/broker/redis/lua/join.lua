@@ -1,10 +1,11 @@
 -- Join members (one per user listed) of this node to a room: create its epoch if it has none,
--- count them in presence (publishing presence_join for users newly present anywhere), mark this
--- node alive, keep the room's data alive, and return its top and the history after a position.
+-- count them in presence (publishing presence_join for users newly present anywhere), enter
+-- this node in the room's nodes (see touch.lua), keep the room's data alive, and return its top
+-- and the history after a position.
 -- Also used to announce a node's members again after its presence was swept. The empty user
 -- stands for this node's anonymous members: counted like any, never announced or listed.
 -- KEYS: meta, stream, presence entries, presence conns, presence users, presence nodes
--- ARGV: channel, candidate epoch, ttl (ms), after seq (-1: none), node, sharded, node ttl (ms),
+-- ARGV: channel, candidate epoch, ttl (ms), after seq (-1: none), node, sharded, stale after (ms),
 --       user...
 -- Returns {epoch, seq, entries after the position}.
 local meta, stream, pres, pconns, pusers, pnodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]

@@ -1,9 +1,13 @@
 -- A member of this node left. Clean: the user is gone at once when it was their last
 -- connection anywhere. Unclean: their entry stays until the grace period ends (sweep.lua).
 -- The empty user (anonymous members) is never announced.
--- KEYS: meta, presence entries, presence conns, presence users
--- ARGV: channel, node, user, clean (0|1), grace (ms), sharded
+-- KEYS: meta, presence entries, presence conns, presence users, presence nodes
+-- ARGV: channel, node, user, clean (0|1), grace (ms), sharded, last (0|1: the node's last member
+--       of the room, so it leaves the room's nodes)
 local meta, pres, pconns, pusers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if ARGV[7] == '1' then
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
 local user = ARGV[3]
 local e = user .. '\31' .. ARGV[2]
 if redis.call('HEXISTS', meta, 'members') == 1 and redis.call('HINCRBY', meta, 'members', -1) < 0 then

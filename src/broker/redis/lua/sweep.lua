@@ -1,8 +1,9 @@
 -- Report gone the users whose grace period is over, and the users of nodes that died without
--- cleaning up (they stopped refreshing). Any node serving the room may run it; being atomic,
--- each entry is reported once. Cheap when nothing is due: two range reads.
+-- cleaning up. Any node serving the room may run it; being atomic, each entry is reported
+-- once. Cheap when nothing is due: a few range reads.
 -- KEYS: meta, presence entries, presence conns, presence users, presence nodes
--- ARGV: channel, sharded
+-- ARGV: channel, sharded, dead node...
+-- Returns {users reported gone, nodes with members in the room}.
 local meta, pres, pconns, pusers, pnodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -28,10 +29,22 @@ for _, e in ipairs(redis.call('ZRANGEBYSCORE', pres, '(0', now)) do
   gone(e)
   n = n + 1
 end
--- Nodes that stopped refreshing: their users go (once; this scan is rare).
-local dead = redis.call('ZRANGEBYSCORE', pnodes, '-inf', now)
+-- Dead nodes: named by the caller (they stopped saying they are alive, see alive.lua), or so
+-- stale here that they cannot be alive (no touch.lua for three touch periods: the fallback for
+-- nodes dead so long that alive.lua forgot them). Their users go, once.
+local dead, is_dead = redis.call('ZRANGEBYSCORE', pnodes, '-inf', '(' .. now), {}
+if #ARGV > 2 then
+  local named = {}
+  for i = 3, #ARGV do
+    named[ARGV[i]] = true
+  end
+  for _, node in ipairs(redis.call('ZRANGE', pnodes, 0, -1)) do
+    if named[node] then
+      dead[#dead + 1] = node
+    end
+  end
+end
 if #dead > 0 then
-  local is_dead = {}
   for _, node in ipairs(dead) do
     is_dead[node] = true
   end
@@ -44,4 +57,4 @@ if #dead > 0 then
     end
   end
 end
-return n
+return {n, redis.call('ZCARD', pnodes)}
