@@ -6,6 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use c100k::proto::ws::frame::{Control, Data, OpCode};
 use common::*;
 use tungstenite::Message;
 
@@ -106,4 +107,28 @@ fn closing_handshake_times_out_when_the_peer_never_answers() {
     assert_eq!(raw.recv(), None);
     assert!(start.elapsed() < Duration::from_secs(3));
     srv.wait();
+}
+
+#[test]
+fn a_pong_that_arrived_while_the_server_stalled_keeps_the_peer() {
+    // The server is stopped with a ping outstanding; the pong arrives meanwhile, and by the time
+    // the server runs again its deadline is long past. Its timers run before its reads: it must
+    // look at the socket before giving the peer up (a loaded host otherwise drops live peers).
+    let bin = Binary::start(&["--ping-interval", "0.3", "--pong-timeout", "0.3"]);
+    let mut raw = RawWs::connect(bin.addr, "/echo");
+    assert!(matches!(raw.recv(), Some(Msg::Ping(_))), "a ping after 0.3 s of silence");
+    bin.signal(nix::sys::signal::Signal::SIGSTOP);
+    raw.send_frame(OpCode::Control(Control::Pong), b"");
+    // The stall itself (three pong timeouts), not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(1));
+    bin.signal(nix::sys::signal::Signal::SIGCONT);
+    raw.send_frame(OpCode::Data(Data::Text), b"still here?");
+    loop {
+        match raw.recv() {
+            Some(Msg::Text(t)) => break assert_eq!(t, "still here?"),
+            Some(Msg::Ping(_)) => raw.send_frame(OpCode::Control(Control::Pong), b""),
+            other => panic!("dropped after its pong had arrived: {other:?}"),
+        }
+    }
+    assert_eq!(metric(bin.addr, "c100k_heartbeat_timeouts_total"), 0);
 }

@@ -1525,6 +1525,32 @@ impl Worker {
         self.conns[key].timer = self.next_timer;
     }
 
+    /// A pong deadline passed, but timers run before the iteration's reads, and a loop that
+    /// came late (a long iteration, a loaded host) may find the answer waiting in the socket:
+    /// read it before giving the peer up. True when the connection lives on (its timer armed
+    /// again) or ended while read; false when it is still silent. (A 1M run on a saturated host
+    /// lost most of its members so: their pongs had arrived, unread.)
+    fn answered_meanwhile(&mut self, key: usize, now: u32) -> bool {
+        let gen = self.conns[key].gen;
+        self.on_readable(key, false);
+        if !self.live(key, gen) {
+            return true;
+        }
+        match self.conns[key].sess.on_timer(now, &mut self.wbuf, &self.scfg) {
+            TimerAction::Rearm(d) => {
+                if !self.wbuf.is_empty() {
+                    self.flush_wbuf(key);
+                }
+                if self.live(key, gen) {
+                    self.arm(key, d);
+                }
+                true
+            }
+            TimerAction::Idle => true,
+            TimerAction::Expired(_) => false,
+        }
+    }
+
     fn expire_timers(&mut self, expired: &mut Vec<Entry>) {
         self.wheel.expire(self.now, expired);
         let now = self.now32();
@@ -1568,14 +1594,20 @@ impl Worker {
                     // read pause): a slow consumer, told so with 1008, not a dead peer.
                     self.close_slow(key);
                 }
+                TimerAction::Expired(Expiry::Heartbeat) => {
+                    if !self.answered_meanwhile(key, now) {
+                        self.m().heartbeat_timeouts_total.inc();
+                        log::debug!("loop {}: dropping connection: heartbeat timeout", self.id);
+                        self.drop_conn(key);
+                    }
+                }
                 TimerAction::Expired(Expiry::Message) => {
                     self.m().message_timeouts_total.inc();
                     self.close_with(key, codes::POLICY, "message not completed within --message-timeout");
                 }
                 TimerAction::Expired(why) => {
                     match why {
-                        Expiry::Heartbeat => self.m().heartbeat_timeouts_total.inc(),
-                        Expiry::Message => {}
+                        Expiry::Heartbeat | Expiry::Message => {}
                         Expiry::Handshake if c.tls().is_some_and(|t| !t.is_open()) => {
                             self.m().tls_handshake_failures_total.inc();
                         }
