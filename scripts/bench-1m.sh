@@ -19,7 +19,7 @@
 #        QUICK=1 scripts/bench-1m.sh     every phase at 5,000 members: about 2 minutes
 # Knobs (environment; QUICK=1 defaults in brackets):
 #   CONNS 1000000 [5000]  ROOM_SIZE 1000 [500]  HOLD 600 [30]  PING 30 [5]  RATE 100 [20]
-#   CONNECT_RATE 20000  STORM_SECONDS 300 [40] (after the restart, until the run ends)
+#   CONNECT_RATE 10000  STORM_SECONDS 300 [40] (after the restart, until the run ends)
 #   OUT  report directory (default bench-results/<UTC>-1m)
 # Needs: redis-server, redis-cli, taskset, python3, curl; root to apply the kernel profile.
 set -euo pipefail
@@ -31,7 +31,7 @@ room_size=${ROOM_SIZE:-$(q 1000 500)}
 hold=${HOLD:-$(q 600 30)}
 ping=${PING:-$(q 30 5)}
 rate=${RATE:-$(q 100 20)}
-connect_rate=${CONNECT_RATE:-20000}
+connect_rate=${CONNECT_RATE:-10000}
 storm=${STORM_SECONDS:-$(q 300 40)}
 rooms=$(( (conns + room_size - 1) / room_size ))
 out=${OUT:-$root/bench-results/$(utc_stamp)-1m}
@@ -66,7 +66,13 @@ build_release
 kernel_profile "$out"
 
 redis_port=$(free_port)
-spawn "$out/redis.log" $(pin 0) redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+# Redis stands in for a Redis host of its own: on core 0 beside 50-odd busy workers it got a
+# fair share, 1/54 of the core, and its calls timed out mid-ramp. At nice -20 it runs whenever
+# it has work (root only; otherwise it runs unprioritized and the report says so).
+redis_nice=()
+if [ "$(id -u)" = 0 ]; then redis_nice=(nice -n -20); fi
+export REDIS_NICE=${redis_nice[2]:-0}
+spawn "$out/redis.log" $(pin 0) "${redis_nice[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
   --protected-mode no --dir "$out"
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 port=$(free_port)
@@ -117,7 +123,7 @@ kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
 python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
   "$timeouts" "$rss0" "$rss1" "$slab0" "$slab1" "$redis_mem" "$(( c1 - c0 ))" "$window" "$(( pings1 - pings0 ))" \
   "$(( sent1 - sent0 ))" "$src" "$(machine_line)" >"$out/README.md" <<'PY'
-import json, sys
+import json, os, sys
 (out, conns, rooms, room_size, procs, hold, ping, rate, ramp, held, open_end, timeouts, rss0, rss1, slab0, slab1,
  redis_mem, cpu_ns, window, pings, sent, src, machine) = sys.argv[1:]
 conns, held, window = int(conns), int(held), int(window)
@@ -140,7 +146,7 @@ print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker 
 - Date: {__import__('datetime').date.today()}, machine: {machine}
 - Command: `scripts/bench-1m.sh` (CONNS={conns} ROOM_SIZE={room_size} HOLD={hold} PING={ping} RATE={rate})
 - Server: `c100k --processes {procs} --threads 1 --ping-interval {ping} --redis … --max-publish-rate 0
-  --history-size 10000` and redis-server 7, pinned to core 0; bench-client `reconnect`
+  --history-size 10000` and redis-server 7 (nice {os.environ.get('REDIS_NICE', '0')}), both pinned to core 0; bench-client `reconnect`
   (`--procs auto`) pinned to core 1, sources {src}. {rooms} rooms of {room_size}; 10 senders
   publish {rate} messages/s in total the whole time.
 

@@ -487,3 +487,41 @@ fn sse_and_long_polls_move_between_nodes_without_sticky_sessions() {
     }
     assert_eq!(next, format!("{epoch}:6"));
 }
+
+/// Calls of `cmd` Redis has served so far (its commandstats; scripts' inner calls included).
+fn calls(redis: &RedisServer, cmd: &str) -> u64 {
+    let stats = redis.command(&["INFO", "commandstats"]).expect("Redis reachable");
+    let key = format!("cmdstat_{cmd}:calls=");
+    stats.lines().find_map(|l| l.strip_prefix(&key)?.split(',').next()?.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn redis_upkeep_grows_with_rooms_and_nodes_not_their_product() {
+    // 3 nodes with members in each of 40 rooms, grace 0.3 s: liveness every 100 ms, sweeps
+    // every 75 ms. Each script has a command only it runs: ZREMRANGEBYSCORE (alive.lua, once
+    // per node), ZCARD (sweep.lua), EXISTS (touch.lua, every third of the history TTL). Per-room
+    // liveness would be 3 × 40 × 10 = 1,200 scripts/s; every node sweeping every room, 1,600.
+    const ROOMS: usize = 40;
+    let redis = RedisServer::start(false);
+    let prefix = unique_prefix();
+    let nodes: Vec<Binary> = (0..3).map(|_| node(&redis.url(), &prefix, &["--presence-grace", "0.3"])).collect();
+    let mut members: Vec<RawWs> = nodes.iter().map(|n| RawWs::v1(n.addr, "")).collect();
+    for m in &mut members {
+        for r in 0..ROOMS {
+            join(m, &format!("r{r}"));
+        }
+    }
+    let count = || (calls(&redis, "zremrangebyscore"), calls(&redis, "zcard"), calls(&redis, "exists"));
+    let (a0, s0, t0) = count();
+    let start = Instant::now();
+    // A measurement window (rates over 3 s), not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(3));
+    let (a1, s1, t1) = count();
+    let secs = start.elapsed().as_secs_f64();
+    let per_s = |a: u64, b: u64| (b - a) as f64 / secs;
+    let (alive, sweeps, touches) = (per_s(a0, a1), per_s(s0, s1), per_s(t0, t1));
+    assert!(alive > 0.0 && alive <= 3.0 * 10.0 * 1.5, "liveness once per node a period: {alive:.0}/s");
+    let sweep_rate = ROOMS as f64 / 0.075;
+    assert!(sweeps > 0.0 && sweeps <= sweep_rate * 1.5, "each room swept about once a period in all: {sweeps:.0}/s");
+    assert!(touches <= ROOMS as f64 * 3.0 / secs, "rooms touched every third of the history TTL: {touches:.0}/s");
+}

@@ -238,10 +238,11 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The keys of `room` under `prefix` (`--redis-prefix`, so apps can share a Redis).
+    /// The keys of `room` under `prefix` (`--redis-prefix`, so apps can share a Redis). Made
+    /// when a call needs them, never kept per room: at 53 processes × 1,000 rooms, seven
+    /// strings per room and process were ~25 MB.
     pub fn of(prefix: &str, room: &str) -> Keys {
-        // `{` and `}` would end the hash tag early: escape them (and the escape character).
-        let tag = room.replace('%', "%25").replace('{', "%7B").replace('}', "%7D");
+        let tag = tag(room);
         let k = |s: &str| format!("{prefix}:{{{tag}}}:{s}");
         Keys {
             meta: k("meta"),
@@ -253,6 +254,16 @@ impl Keys {
             channel: format!("{prefix}:{{{tag}}}"),
         }
     }
+
+    /// Just the room's channel.
+    pub fn channel_of(prefix: &str, room: &str) -> String {
+        format!("{prefix}:{{{}}}", tag(room))
+    }
+}
+
+/// `{` and `}` would end the hash tag early: escape them (and the escape character).
+fn tag(room: &str) -> String {
+    room.replace('%', "%25").replace('{', "%7B").replace('}', "%7D")
 }
 
 /// The deployment's live nodes (sorted set: node → when it is given up for dead unless it
@@ -270,6 +281,7 @@ mod tests {
         let k = Keys::of("app", "a{b}%c");
         assert_eq!(k.meta, "app:{a%7Bb%7D%25c}:meta");
         assert_eq!(k.channel, "app:{a%7Bb%7D%25c}");
+        assert_eq!(Keys::channel_of("app", "a{b}%c"), k.channel);
         for key in [&k.meta, &k.stream, &k.pres, &k.pconns, &k.pusers, &k.pnodes, &k.channel] {
             let tag = &key[key.find('{').unwrap() + 1..key.find('}').unwrap()];
             assert_eq!(tag, "a%7Bb%7D%25c");

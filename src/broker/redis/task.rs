@@ -64,7 +64,6 @@ enum Sub {
 struct Room {
     /// The loops' name for it (changes when a lingering room is subscribed again).
     id: RoomId,
-    keys: Keys,
     loops: Vec<u64>,
     sub: Sub,
     /// The epoch and the last seq handed to the loops (known after the first join).
@@ -119,10 +118,13 @@ impl Room {
                 sink.post(lp, ev, true);
             }
         }
+        if self.parked.is_empty() {
+            self.parked = VecDeque::new();
+        }
     }
 
     fn unpark_all(&mut self, sink: &dyn Sink) {
-        for (_, lp, ev) in self.parked.drain(..) {
+        for (_, lp, ev) in std::mem::take(&mut self.parked) {
             sink.post(lp, ev, true);
         }
     }
@@ -405,7 +407,7 @@ impl Task {
                 let Some(r) = self.rooms.get_mut(&name) else { return };
                 r.loops.iter_mut().for_each(|w| *w = 0);
                 r.idle_since = Some(Instant::now());
-                let failed: Vec<PendingJoin> = r.joins.drain(..).collect();
+                let failed: Vec<PendingJoin> = std::mem::take(&mut r.joins).into();
                 for j in failed {
                     let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: "left before joining".into() };
                     self.sink.post(j.to.lp as usize, ev, true);
@@ -441,14 +443,12 @@ impl Task {
             self.by_id.insert(id, name);
             return;
         }
-        let keys = self.keys(&name);
-        self.by_channel.insert(keys.channel.clone(), name.clone());
+        self.by_channel.insert(Keys::channel_of(&self.prefix, &name), name.clone());
         self.by_id.insert(id, name.clone());
         self.rooms.insert(
             name.clone(),
             Room {
                 id,
-                keys,
                 loops: Vec::new(),
                 sub: Sub::Subscribing,
                 epoch: None,
@@ -475,7 +475,7 @@ impl Task {
     fn start_subscribe(&mut self, name: &Arc<str>) {
         let Some(r) = self.rooms.get_mut(name) else { return };
         r.sub = Sub::Subscribing;
-        let (ch, room) = (r.keys.channel.clone(), name.clone());
+        let (ch, room) = (Keys::channel_of(&self.prefix, name), name.clone());
         self.spawn(move |mut c| async move {
             Done::Subscribed { room, ok: c.subscribe(&ch).await.map_err(|e| e.to_string()) }
         });
@@ -523,7 +523,8 @@ impl Task {
             }
             return;
         }
-        let batch: Vec<PendingJoin> = r.joins.drain(..).collect();
+        // Taken, not drained: an idle room keeps no queue capacity (×rooms×processes at 1M).
+        let batch: Vec<PendingJoin> = std::mem::take(&mut r.joins).into();
         // `users` mirrors what Redis holds once the queued calls have run (calls about a room
         // run in order): counted when the join is queued, uncounted when the leave is.
         for j in &batch {
@@ -541,7 +542,7 @@ impl Task {
         }
         r.busy = true;
         r.read_live = r.live;
-        let k = r.keys.clone();
+        let k = self.keys(name);
         let mut cmd = self.join_cmd(&k, after);
         for j in &batch {
             cmd.arg(&*j.user);
@@ -599,7 +600,8 @@ impl Task {
         r.busy = true;
         r.catch_up = false;
         r.read_live = r.live;
-        let mut cmd = evalsha(&self.scripts.catchup, &[&r.keys.meta, &r.keys.stream]);
+        let k = self.keys(name);
+        let mut cmd = evalsha(&self.scripts.catchup, &[&k.meta, &k.stream]);
         cmd.arg(after);
         let room = name.clone();
         self.call(name, cmd, move |a| {
@@ -660,7 +662,7 @@ impl Task {
                 } else if let Some(mut r) = self.rooms.remove(&room) {
                     r.unpark_all(&*self.sink);
                     self.by_id.remove(&r.id);
-                    self.by_channel.remove(&r.keys.channel);
+                    self.by_channel.remove(&Keys::channel_of(&self.prefix, &room));
                 }
             }
             Done::Joined { room, batch, result } => self.joined(room, batch, result),
@@ -685,7 +687,7 @@ impl Task {
                 let Some(r) = self.rooms.get_mut(&room) else { return };
                 r.sub = Sub::Retry;
                 let id = r.id;
-                let failed: Vec<PendingJoin> = r.joins.drain(..).collect();
+                let failed: Vec<PendingJoin> = std::mem::take(&mut r.joins).into();
                 for j in failed {
                     let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: format!("Redis: {e}") };
                     self.sink.post(j.to.lp as usize, ev, true);
@@ -891,7 +893,7 @@ impl Task {
             return;
         }
         let Some(m) = parse::parse_message(payload, name, &self.node) else {
-            log::warn!("Redis: unreadable message on {}", r.keys.channel);
+            log::warn!("Redis: unreadable message in room {name:?}");
             return;
         };
         let settled = !r.busy && r.joins.is_empty();
@@ -1039,7 +1041,7 @@ impl Task {
     fn touch(&mut self) {
         let (ttl, stale) = (ms(self.cfg.history_ttl), ms(self.stale_after()));
         let (now, every) = (Instant::now(), self.touch_every());
-        let rng = &mut self.rng;
+        let (rng, prefix) = (&mut self.rng, &self.prefix);
         let calls: Vec<(Arc<str>, Cmd)> = self
             .rooms
             .iter_mut()
@@ -1050,7 +1052,7 @@ impl Task {
                     r.next_touch = Some(now + every.mul_f64(0.5 + unit(rng) / 2.0));
                 }
                 due.then(|| {
-                    let k = &r.keys;
+                    let k = Keys::of(prefix, name);
                     let mut cmd = evalsha(&self.scripts.touch, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
                     cmd.arg(ttl).arg(&*self.pnode).arg(stale);
                     (name.clone(), cmd)
@@ -1076,7 +1078,7 @@ impl Task {
         }
         log::info!("Redis: announcing this node's members of {room:?} again");
         let users: Vec<(Arc<str>, u32)> = r.users.iter().map(|(u, n)| (u.clone(), *n)).collect();
-        let k = r.keys.clone();
+        let k = self.keys(&room);
         let mut cmd = self.join_cmd(&k, None);
         for (u, n) in &users {
             for _ in 0..*n {
@@ -1093,7 +1095,7 @@ impl Task {
     fn sweep(&mut self, period: Duration) {
         let sharded = u8::from(self.conn.sharded());
         let now = Instant::now();
-        let (rng, dead) = (&mut self.rng, &self.dead);
+        let (rng, dead, prefix) = (&mut self.rng, &self.dead, &self.prefix);
         let calls: Vec<(Arc<str>, Cmd)> = self
             .rooms
             .iter_mut()
@@ -1102,7 +1104,7 @@ impl Task {
                 // Uniform in [0.5, 1.5) × nodes periods: the nodes' sweeps spread out.
                 let jitter = 0.5 + unit(rng);
                 r.next_sweep = Some(now + period.mul_f64(f64::from(r.nodes) * jitter));
-                let k = &r.keys;
+                let k = Keys::of(prefix, name);
                 let mut cmd = evalsha(&self.scripts.sweep, &[&k.meta, &k.pres, &k.pconns, &k.pusers, &k.pnodes]);
                 cmd.arg(&k.channel).arg(sharded);
                 for d in dead {
@@ -1131,7 +1133,7 @@ impl Task {
                 Sub::Retry => self.start_subscribe(&name),
                 Sub::Live if r.idle_since.is_some_and(|t| now - t >= LINGER) && !r.busy && r.users.is_empty() => {
                     r.sub = Sub::Leaving { again: false };
-                    let (ch, room) = (r.keys.channel.clone(), name.clone());
+                    let (ch, room) = (Keys::channel_of(&self.prefix, &name), name.clone());
                     self.spawn(move |mut c| async move {
                         // A failed UNSUBSCRIBE leaves a subscription nobody reads: harmless
                         // (its messages are dropped here), and gone with the connection.
