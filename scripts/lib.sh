@@ -130,8 +130,14 @@ wait_established() {
 }
 
 # metric ADDR NAME: one value from c100k's /metrics.
+# At 1M connections on 2 cores one worker may wait seconds for its turn to answer /metrics:
+# tried three times, 20 s each; prints nothing (never fails the script) when it still cannot.
 metric() {
-  curl -sf --max-time 5 "http://$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+  local body
+  for _ in 1 2 3; do
+    body=$(curl -sf --max-time 20 "http://$1/metrics") && break
+  done
+  awk -v n="$2" '$1 == n { print $2 }' <<<"${body:-}"
 }
 
 # wait_metric ADDR NAME VALUE TIMEOUT_S: wait until the metric is at least VALUE.
