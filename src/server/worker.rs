@@ -1538,16 +1538,22 @@ impl Worker {
         }
         match self.conns[key].sess.on_timer(now, &mut self.wbuf, &self.scfg) {
             TimerAction::Rearm(d) => {
-                if !self.wbuf.is_empty() {
-                    self.flush_wbuf(key);
-                }
-                if self.live(key, gen) {
-                    self.arm(key, d);
-                }
+                self.rearm(key, d);
                 true
             }
             TimerAction::Idle => true,
             TimerAction::Expired(_) => false,
+        }
+    }
+
+    /// After a timer's check: send the ping it wrote, if any, and arm the next check.
+    fn rearm(&mut self, key: usize, d: u32) {
+        if !self.wbuf.is_empty() {
+            self.m().pings_sent_total.inc();
+            self.flush_wbuf(key);
+        }
+        if self.conns.contains(key) {
+            self.arm(key, d);
         }
     }
 
@@ -1579,15 +1585,7 @@ impl Worker {
                 continue;
             }
             match c.sess.on_timer(now, &mut self.wbuf, &self.scfg) {
-                TimerAction::Rearm(d) => {
-                    if !self.wbuf.is_empty() {
-                        self.m().pings_sent_total.inc();
-                        self.flush_wbuf(key);
-                    }
-                    if self.conns.contains(key) {
-                        self.arm(key, d);
-                    }
-                }
+                TimerAction::Rearm(d) => self.rearm(key, d),
                 TimerAction::Idle => {}
                 TimerAction::Expired(Expiry::Heartbeat) if c.has(flags::READ_PAUSED) || c.queued() >= PAUSE_READ_AT => {
                     // It lags behind what we send (and its pongs may sit unread behind our
