@@ -211,12 +211,16 @@ pub fn seed() -> u64 {
     (t ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
-/// A fresh epoch: 12 hex digits (48 random bits, splitmix64 over `state`).
-pub fn new_epoch(state: &mut u64) -> String {
+/// The next 64 random bits of `state` (splitmix64): epochs, node names, timer jitter.
+pub fn next_random(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    format!("{:012x}", z & 0xffff_ffff_ffff)
+    z ^ (z >> 31)
+}
+
+/// A fresh epoch: 12 hex digits (48 random bits of `state`).
+pub fn new_epoch(state: &mut u64) -> String {
+    format!("{:012x}", next_random(state) & 0xffff_ffff_ffff)
 }

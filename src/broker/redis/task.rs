@@ -231,10 +231,9 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Uniform in [0, 1) from a 64-bit LCG step.
+/// Uniform in [0, 1): jitter for timers.
 fn unit(rng: &mut u64) -> f64 {
-    *rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-    (*rng >> 11) as f64 / (1u64 << 53) as f64
+    (crate::broker::next_random(rng) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn ms(d: Duration) -> u64 {
