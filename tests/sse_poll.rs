@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -154,6 +154,28 @@ fn presence_events_and_ping_comments() {
     post(a, "p", "watcher", json!({"from":"sse"}));
     assert_eq!(ws.recv_op("msg")["data"], json!({"from":"sse"}));
     assert!(srv.metrics().sse_streams_open >= 1 && srv.metrics().pings_sent_total >= 2);
+}
+
+#[test]
+fn ping_comments_keep_their_interval_when_it_is_longer_than_the_handshake_timeout() {
+    // The stream keeps the handshake's timer entry (due first) rather than queueing another:
+    // it must not ping when that entry fires, only at the interval.
+    let srv = server(|c| {
+        c.handshake_timeout = Duration::from_millis(150);
+        c.sse_ping_interval = Duration::from_millis(600);
+    });
+    let mut s = SseClient::open(srv.local_addr(), "/sse?room=q", "");
+    s.expect("joined");
+    let opened = Instant::now();
+    let mut at = Vec::new();
+    while at.len() < 2 {
+        let ev = s.next_any().expect("stream open past the handshake timeout");
+        if ev.event == "comment" {
+            at.push(opened.elapsed());
+        }
+    }
+    assert!(at[0] >= Duration::from_millis(550), "first ping after {:?}, not at the handshake deadline", at[0]);
+    assert!(at[1] - at[0] >= Duration::from_millis(550), "pings {at:?}");
 }
 
 #[test]

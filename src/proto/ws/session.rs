@@ -202,19 +202,39 @@ impl Session {
     /// queued (due at the handshake deadline); this says whether the driver must arm another
     /// one for an earlier heartbeat, or none at all.
     pub fn open(&mut self, now: u32, cfg: &SessionConfig) -> Arm {
+        self.open_every(now, cfg, cfg.ping_interval)
+    }
+
+    /// [`Session::open`] for a session whose timer is due every `every` ticks (0: never)
+    /// rather than every ping interval: an event stream's keep-alive comments.
+    pub fn open_every(&mut self, now: u32, cfg: &SessionConfig, every: u32) -> Arm {
         debug_assert_eq!(self.phase, Phase::Handshake);
         let queued_due = self.mark.wrapping_add(cfg.handshake_timeout);
         self.phase = Phase::Open;
         self.last_rx = now;
         self.mark = now;
-        if cfg.ping_interval == 0 {
+        if every == 0 {
             Arm::Cancel
-        } else if queued_due.wrapping_sub(now) > cfg.ping_interval {
-            // Only a ping due before the queued entry fires needs a new entry (one per
+        } else if queued_due.wrapping_sub(now) > every {
+            // Only a timer due before the queued entry fires needs a new entry (one per
             // connection keeps the wheel small).
-            Arm::After(cfg.ping_interval)
+            Arm::After(every)
         } else {
             Arm::Keep
+        }
+    }
+
+    /// An open session whose only timer is a write every `every` ticks: 0 when one is due now
+    /// (the next period starts), else the ticks left. The timer may fire early (the handshake's
+    /// entry is kept rather than another queued), so it asks.
+    pub fn keepalive(&mut self, now: u32, every: u32) -> u32 {
+        debug_assert_eq!(self.phase, Phase::Open);
+        let since = now.wrapping_sub(self.mark);
+        if since >= every {
+            self.mark = now;
+            0
+        } else {
+            every - since
         }
     }
 
@@ -486,6 +506,16 @@ mod tests {
     }
 
     #[test]
+    fn a_keepalive_fired_early_says_what_is_left_and_a_due_one_restarts_the_period() {
+        let mut s = Session::new_handshake(0);
+        s.open_every(10, &CFG, 60);
+        assert_eq!(s.keepalive(50, 60), 20, "the handshake's entry, 40 ticks in");
+        assert_eq!(s.keepalive(70, 60), 0, "due");
+        assert_eq!(s.keepalive(71, 60), 59, "the next period counts from 70");
+        assert_eq!(s.keepalive(130, 60), 0);
+    }
+
+    #[test]
     fn opening_says_which_timer_the_driver_needs() {
         // Handshake entry due at 0 + 50; pings every 100: the queued entry comes first.
         assert_eq!(Session::new_handshake(0).open(10, &CFG), Arm::Keep);
@@ -493,6 +523,9 @@ mod tests {
         assert_eq!(Session::new_handshake(0).open(10, &short), Arm::After(20));
         let off = SessionConfig { ping_interval: 0, ..CFG };
         assert_eq!(Session::new_handshake(0).open(10, &off), Arm::Cancel);
+        // An event stream's keep-alive every 60: the handshake entry (due at 50) fires first.
+        assert_eq!(Session::new_handshake(0).open_every(10, &CFG, 60), Arm::Keep);
+        assert_eq!(Session::new_handshake(0).open_every(10, &CFG, 30), Arm::After(30));
         // Keep-alive: the idle deadline restarts with each request.
         let mut h = Session::new_handshake(0);
         h.restart_http(40);

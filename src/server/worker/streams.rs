@@ -14,6 +14,7 @@ use super::{within, Worker};
 use crate::auth::Identity;
 use crate::proto::sse;
 use crate::proto::v1::{self, ErrorCode, Position};
+use crate::proto::ws::session::Arm;
 use crate::rooms::message::RoomMessage;
 use crate::server::conn::{flags, Bucket, Peer, Route, PENDING};
 use crate::server::rooms::PollReady;
@@ -33,11 +34,14 @@ impl Worker {
         identity: Identity,
     ) {
         let (now, now_ms) = (self.now32(), self.now_ms());
+        let peer = Box::new(Peer::new(identity, Bucket::full(self.rooms.publish_rate(), now_ms)));
+        let every = self.sse_every();
         let c = &mut self.conns[key];
         c.route = Route::Sse;
-        c.peer = Some(Box::new(Peer::new(identity, Bucket::full(self.rooms.publish_rate(), now_ms))));
+        c.peer = Some(peer);
         // Open: room traffic flows to it. Its heartbeat is ours (pings below), not the session's.
-        let _ = c.sess.open(now, &self.scfg);
+        // One timer entry per stream: the handshake's, when it fires before the first ping.
+        let arm = c.sess.open_every(now, &self.scfg, every);
         let cfg = &self.shared.cfg;
         if let (false, Some(s)) = (cfg.ping_interval.is_zero(), c.tcp()) {
             // A dead peer does not acknowledge our pings: the kernel ends the connection.
@@ -48,7 +52,9 @@ impl Worker {
         let m = self.m();
         m.sse_streams_open.inc();
         m.sse_streams_total.inc();
-        self.arm_sse_ping(key);
+        if let Arm::After(d) = arm {
+            self.arm(key, d);
+        }
         for (room, since) in rooms {
             if let Err((_, why)) = self.rooms.join(&mut self.conns, key, &room, since, presence, None) {
                 return self.end_stream(key, Some((&room, ErrorCode::BadRequest, &why)));
@@ -56,18 +62,24 @@ impl Worker {
         }
     }
 
-    fn arm_sse_ping(&mut self, key: usize) {
-        let every = self.ticks(self.shared.cfg.sse_ping_interval).max(1);
-        self.arm(key, every.min(u64::from(u32::MAX / 2)) as u32);
+    /// --sse-ping-interval in ticks.
+    fn sse_every(&self) -> u32 {
+        self.ticks(self.shared.cfg.sse_ping_interval).clamp(1, u64::from(u32::MAX / 2)) as u32
     }
 
-    /// The stream's timer: a ping comment, and the next one armed.
+    /// The stream's timer: a ping comment when one is due, and the next check armed.
     pub(super) fn sse_ping(&mut self, key: usize) {
+        let every = self.sse_every();
+        let now = self.now32();
+        let left = self.conns[key].sess.keepalive(now, every);
+        if left > 0 {
+            return self.arm(key, left);
+        }
         let sent = self.conns[key].send_slice(sse::PING);
         self.m().pings_sent_total.inc();
         self.account(key, sent);
         if self.conns.contains(key) {
-            self.arm_sse_ping(key);
+            self.arm(key, every);
         }
     }
 
