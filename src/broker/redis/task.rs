@@ -104,6 +104,19 @@ struct Room {
 }
 
 impl Room {
+    /// What the periodic retry must do for the room, if anything.
+    fn due(&self, now: Instant) -> Option<Due> {
+        match self.sub {
+            Sub::Retry => Some(Due::Subscribe),
+            Sub::Live if self.idle_since.is_some_and(|t| now - t >= LINGER) && !self.busy && self.users.is_empty() => {
+                Some(Due::Unsubscribe)
+            }
+            Sub::Live if self.gap_since.is_some_and(|t| now - t >= GAP_WAIT) && !self.busy => Some(Due::GapRead),
+            Sub::Live if self.catch_up && !self.busy => Some(Due::CatchUp),
+            _ => None,
+        }
+    }
+
     /// Hand the loops `m`, the next message in order, then the joins answered up to it.
     fn forward(&mut self, sink: &dyn Sink, m: &Msg) {
         post_loops(sink, &self.loops, || Event::Deliver { room: self.id, msg: m.clone() });
@@ -1122,15 +1135,17 @@ impl Task {
     }
 
     /// Failed subscriptions and waiting catch-ups are tried again; rooms idle past the linger
-    /// are unsubscribed.
+    /// are unsubscribed. Four times a second over every room of the process: only the rooms
+    /// with something to do are copied out (cloning every name was 1-2% of a 1M run's CPU).
     fn retry(&mut self) {
         let now = Instant::now();
-        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        for name in names {
-            let Some(r) = self.rooms.get_mut(&name) else { continue };
-            match r.sub {
-                Sub::Retry => self.start_subscribe(&name),
-                Sub::Live if r.idle_since.is_some_and(|t| now - t >= LINGER) && !r.busy && r.users.is_empty() => {
+        let due: Vec<(Arc<str>, Due)> =
+            self.rooms.iter().filter_map(|(name, r)| Some((name.clone(), r.due(now)?))).collect();
+        for (name, due) in due {
+            match due {
+                Due::Subscribe => self.start_subscribe(&name),
+                Due::Unsubscribe => {
+                    let Some(r) = self.rooms.get_mut(&name) else { continue };
                     r.sub = Sub::Leaving { again: false };
                     let (ch, room) = (Keys::channel_of(&self.prefix, &name), name.clone());
                     self.spawn(move |mut c| async move {
@@ -1140,17 +1155,26 @@ impl Task {
                         Done::Unsubscribed { room }
                     });
                 }
-                Sub::Live if r.gap_since.is_some_and(|t| now - t >= GAP_WAIT) && !r.busy => {
+                Due::GapRead => {
+                    let Some(r) = self.rooms.get_mut(&name) else { continue };
                     log::warn!("Redis: {name:?} had a gap for {GAP_WAIT:?}: reading its history again");
                     r.continuous = false;
                     r.gap_since = None;
                     self.start_catch_up(&name);
                 }
-                Sub::Live if r.catch_up && !r.busy => self.start_catch_up(&name),
-                _ => {}
+                Due::CatchUp => self.start_catch_up(&name),
             }
         }
     }
+}
+
+/// What [`Task::retry`] does for a room.
+enum Due {
+    Subscribe,
+    Unsubscribe,
+    /// A gap in the live messages outlasted GAP_WAIT: read the history.
+    GapRead,
+    CatchUp,
 }
 
 fn unavailable(e: &str) -> Reply {
