@@ -15,11 +15,15 @@
 #      room; then the storm, sampling the new server's accepts and handshakes every 100 ms;
 #   5. stops everything it started; writes OUT/README.md.
 #
-# usage: scripts/bench-1m.sh             the full run (about 25 minutes on this 2-core host)
+# usage: scripts/bench-1m.sh             the full run (about 30 minutes on this 2-core host)
 #        QUICK=1 scripts/bench-1m.sh     every phase at 5,000 members: about 2 minutes
 # Knobs (environment; QUICK=1 defaults in brackets):
 #   CONNS 1000000 [5000]  ROOM_SIZE 1000 [500]  HOLD 600 [30]  PING 30 [5]  RATE 100 [20]
-#   CONNECT_RATE 10000  STORM_SECONDS 300 [40] (after the restart, until the run ends)
+#   CONNECT_RATE 10000  STORM_SECONDS 600 [40] (after the restart, until the run ends)
+#   CONCURRENCY 50000 handshakes in flight at once over all client processes (bench-client
+#     --concurrency; its default, 512, is a load generator's politeness, and in a storm it was
+#     the limit: 530 reconnects in flight at ~0.4 s each, ~1,300/s, where real clients all
+#     come back at once, spread only by their backoff's jitter)
 #   OUT  report directory (default bench-results/<UTC>-1m)
 # Needs: redis-server, redis-cli, taskset, python3, curl; root to apply the kernel profile.
 set -euo pipefail
@@ -32,7 +36,8 @@ hold=${HOLD:-$(q 600 30)}
 ping=${PING:-$(q 30 5)}
 rate=${RATE:-$(q 100 20)}
 connect_rate=${CONNECT_RATE:-10000}
-storm=${STORM_SECONDS:-$(q 300 40)}
+concurrency=${CONCURRENCY:-50000}
+storm=${STORM_SECONDS:-$(q 600 40)}
 rooms=$(( (conns + room_size - 1) / room_size ))
 out=${OUT:-$root/bench-results/$(utc_stamp)-1m}
 mkdir -p "$out"
@@ -90,6 +95,7 @@ rss0=$(rss_sum); slab0=$(slab_kb)
 total=$(( hold + storm ))
 spawn "$out/client.log" $(pin 1) "$BENCH" reconnect --url "ws://$addr/ws" --members "$conns" --rooms "$rooms" \
   --senders 10 --rate "$rate" --size 64 --duration "$total" --connect-rate "$connect_rate" --src "$src" \
+  --concurrency "$concurrency" \
   --procs auto --out "$out/bench" --quiet
 bench=$SPAWNED
 t0=$(date +%s%N)
@@ -120,7 +126,7 @@ sample_storm "$addr" "$bench" "$out/samples.tsv"
 wait "$bench" || log "bench-client reported a problem: $(tail -3 "$out/client.log")"
 kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
 
-python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
+STORM=$storm CONNECT_RATE=$connect_rate CONCURRENCY=$concurrency python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
   "$timeouts" "$rss0" "$rss1" "$slab0" "$slab1" "$redis_mem" "$(( c1 - c0 ))" "$window" "$(( pings1 - pings0 ))" \
   "$(( sent1 - sent0 ))" "$src" "$(machine_line)" >"$out/README.md" <<'PY'
 import json, os, sys
@@ -144,7 +150,8 @@ us = lambda v: f"{v / 1e3:.1f} ms" if v < 1e6 else f"{v / 1e6:.2f} s"
 print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker restarted
 
 - Date: {__import__('datetime').date.today()}, machine: {machine}
-- Command: `scripts/bench-1m.sh` (CONNS={conns} ROOM_SIZE={room_size} HOLD={hold} PING={ping} RATE={rate})
+- Command: `scripts/bench-1m.sh` (CONNS={conns} ROOM_SIZE={room_size} HOLD={hold} PING={ping} RATE={rate}
+  STORM_SECONDS={os.environ['STORM']} CONNECT_RATE={os.environ['CONNECT_RATE']} CONCURRENCY={os.environ['CONCURRENCY']})
 - Server: `c100k --processes {procs} --threads 1 --ping-interval {ping} --redis … --max-publish-rate 0
   --history-size 10000` and redis-server 7 (nice {os.environ.get('REDIS_NICE', '0')}), both pinned to core 0; bench-client `reconnect`
   (`--procs auto`) pinned to core 1, sources {src}. {rooms} rooms of {room_size}; 10 senders

@@ -8,7 +8,8 @@
 //! corrects it). When the next send is less than a millisecond away the loop polls without
 //! sleeping, since epoll's timeout has millisecond granularity.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,8 +160,9 @@ pub struct Engine {
     resuming: HashMap<u32, u64>,
     /// Failover: reconnect attempts so far per connection index (also which URL it is on).
     attempts: HashMap<u32, u32>,
-    /// Failover: reconnects waiting for their backoff, (due ns, index).
-    delayed: Vec<(u64, u32)>,
+    /// Failover: reconnects waiting for their backoff, (due ns, index), soonest first (a storm
+    /// puts every member of a process here at once: no scan per loop iteration).
+    delayed: BinaryHeap<Reverse<(u64, u32)>>,
     /// Idle long polls: where each connection's next poll starts.
     poll_next: HashMap<u32, String>,
     /// Jitter's random state.
@@ -231,7 +233,7 @@ impl Engine {
             members: HashMap::new(),
             resuming: HashMap::new(),
             attempts: HashMap::new(),
-            delayed: Vec::new(),
+            delayed: BinaryHeap::new(),
             poll_next: HashMap::new(),
             rng: job.salt ^ (tid as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             last_rx: 0,
@@ -311,7 +313,7 @@ impl Engine {
         if let Some(t) = self.next_send_at() {
             consider(t);
         }
-        if let Some(&(due, _)) = self.delayed.iter().min_by_key(|d| d.0) {
+        if let Some(&Reverse((due, _))) = self.delayed.peek() {
             consider(due);
         }
         if !self.todo.is_empty() && self.inflight < self.max_inflight {
@@ -342,15 +344,12 @@ impl Engine {
     }
 
     fn open_more(&mut self, now: u64) {
-        if !self.delayed.is_empty() {
-            let todo = &mut self.todo;
-            self.delayed.retain(|&(due, idx)| {
-                let wait = due > now;
-                if !wait {
-                    todo.push(idx);
-                }
-                wait
-            });
+        while let Some(&Reverse((due, idx))) = self.delayed.peek() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop();
+            self.todo.push(idx);
         }
         while self.inflight < self.max_inflight {
             if self.connect_per_sec > 0.0 && self.connect_allowed_at() > now {
@@ -579,7 +578,7 @@ impl Engine {
         } else {
             (100u64 << (attempt - 1).min(6)).min(RECONNECT_MAX_BACKOFF_MS) as f64 * (0.5 + r)
         };
-        self.delayed.push((now + (delay_ms * 1e6) as u64, idx));
+        self.delayed.push(Reverse((now + (delay_ms * 1e6) as u64, idx)));
     }
 
     /// Uniform in [0, 1) (xorshift; jitter only).
