@@ -20,10 +20,11 @@
 # Knobs (environment; QUICK=1 defaults in brackets):
 #   CONNS 1000000 [5000]  ROOM_SIZE 1000 [500]  HOLD 600 [30]  PING 30 [5]  RATE 100 [20]
 #   CONNECT_RATE 10000  STORM_SECONDS 600 [40] (after the restart, until the run ends)
-#   CONCURRENCY 50000 handshakes in flight at once over all client processes (bench-client
-#     --concurrency; its default, 512, is a load generator's politeness, and in a storm it was
-#     the limit: 530 reconnects in flight at ~0.4 s each, ~1,300/s, where real clients all
-#     come back at once, spread only by their backoff's jitter)
+#   CONCURRENCY 512  handshakes in flight at once during the ramp (bench-client --concurrency;
+#     50,000 overran the server: 72,050 handshakes timed out and those members never joined)
+#   RECONNECT_CONCURRENCY 50000  the same in the storm (--reconnect-concurrency): real clients
+#     all come back at once, spread only by their backoff's jitter; 512 set the storm's pace
+#     instead of the server (530 in flight at ~0.4 s each, ~1,300 reconnects/s)
 #   OUT  report directory (default bench-results/<UTC>-1m)
 # Needs: redis-server, redis-cli, taskset, python3, curl; root to apply the kernel profile.
 set -euo pipefail
@@ -36,7 +37,8 @@ hold=${HOLD:-$(q 600 30)}
 ping=${PING:-$(q 30 5)}
 rate=${RATE:-$(q 100 20)}
 connect_rate=${CONNECT_RATE:-10000}
-concurrency=${CONCURRENCY:-50000}
+concurrency=${CONCURRENCY:-512}
+reconnect_concurrency=${RECONNECT_CONCURRENCY:-50000}
 storm=${STORM_SECONDS:-$(q 600 40)}
 rooms=$(( (conns + room_size - 1) / room_size ))
 out=${OUT:-$root/bench-results/$(utc_stamp)-1m}
@@ -95,7 +97,7 @@ rss0=$(rss_sum); slab0=$(slab_kb)
 total=$(( hold + storm ))
 spawn "$out/client.log" $(pin 1) "$BENCH" reconnect --url "ws://$addr/ws" --members "$conns" --rooms "$rooms" \
   --senders 10 --rate "$rate" --size 64 --duration "$total" --connect-rate "$connect_rate" --src "$src" \
-  --concurrency "$concurrency" \
+  --concurrency "$concurrency" --reconnect-concurrency "$reconnect_concurrency" \
   --procs auto --out "$out/bench" --quiet
 bench=$SPAWNED
 t0=$(date +%s%N)
@@ -126,7 +128,7 @@ sample_storm "$addr" "$bench" "$out/samples.tsv"
 wait "$bench" || log "bench-client reported a problem: $(tail -3 "$out/client.log")"
 kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
 
-STORM=$storm CONNECT_RATE=$connect_rate CONCURRENCY=$concurrency python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
+STORM=$storm CONNECT_RATE=$connect_rate CONCURRENCY=$concurrency RECONNECT_CONCURRENCY=$reconnect_concurrency python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
   "$timeouts" "$rss0" "$rss1" "$slab0" "$slab1" "$redis_mem" "$(( c1 - c0 ))" "$window" "$(( pings1 - pings0 ))" \
   "$(( sent1 - sent0 ))" "$src" "$(machine_line)" >"$out/README.md" <<'PY'
 import json, os, sys
@@ -151,7 +153,8 @@ print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker 
 
 - Date: {__import__('datetime').date.today()}, machine: {machine}
 - Command: `scripts/bench-1m.sh` (CONNS={conns} ROOM_SIZE={room_size} HOLD={hold} PING={ping} RATE={rate}
-  STORM_SECONDS={os.environ['STORM']} CONNECT_RATE={os.environ['CONNECT_RATE']} CONCURRENCY={os.environ['CONCURRENCY']})
+  STORM_SECONDS={os.environ['STORM']} CONNECT_RATE={os.environ['CONNECT_RATE']} CONCURRENCY={os.environ['CONCURRENCY']}
+  RECONNECT_CONCURRENCY={os.environ['RECONNECT_CONCURRENCY']})
 - Server: `c100k --processes {procs} --threads 1 --ping-interval {ping} --redis … --max-publish-rate 0
   --history-size 10000` and redis-server 7 (nice {os.environ.get('REDIS_NICE', '0')}), both pinned to core 0; bench-client `reconnect`
   (`--procs auto`) pinned to core 1, sources {src}. {rooms} rooms of {room_size}; 10 senders

@@ -194,6 +194,11 @@ pub struct Common {
     /// Handshakes in flight at once, in total.
     #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
+    /// Reconnects (a storm, a failover) in flight at once, in total. Default: --concurrency.
+    /// Real clients all come back at once, spread only by their backoff's jitter; a cap meant
+    /// for a polite ramp would set the storm's pace instead of the server.
+    #[arg(long)]
+    pub reconnect_concurrency: Option<usize>,
     /// Seconds a connection may take to connect and complete its handshake.
     #[arg(long, default_value = "10", value_parser = secs)]
     pub connect_timeout: Duration,
@@ -315,6 +320,8 @@ impl Cli {
         parameters["src"] = common.src.clone().into();
         parameters["connect_rate"] = connect_rate.unwrap_or(common.connect_rate).into();
         parameters["concurrency"] = common.concurrency.into();
+        let reconnect_concurrency = common.reconnect_concurrency.unwrap_or(common.concurrency).max(1);
+        parameters["reconnect_concurrency"] = reconnect_concurrency.into();
         parameters["deflate"] = common.deflate.into();
         parameters["h2_streams_per_conn"] = h2.into();
         parameters["payload"] = if common.payload == Padding::Words { "words" } else { "x" }.into();
@@ -333,6 +340,7 @@ impl Cli {
             sources,
             connect_rate: connect_rate.unwrap_or(common.connect_rate),
             concurrency: common.concurrency.max(1),
+            reconnect_concurrency,
             connect_timeout: common.connect_timeout,
             drain: common.drain,
             duration,

@@ -42,6 +42,7 @@ pub struct Run {
     pub sources: Vec<IpAddr>,
     pub connect_rate: f64,
     pub concurrency: usize,
+    pub reconnect_concurrency: usize,
     pub connect_timeout: Duration,
     pub drain: Duration,
     /// Hold (idle) or duration (echo, broadcast).
@@ -228,6 +229,7 @@ fn spawn(r: &Run, tx: &mpsc::Sender<Msg>) -> Result<Vec<Worker>, String> {
             threads: r.threads,
             connect_rate: r.connect_rate * share,
             concurrency: ((r.concurrency as f64 * share).ceil() as usize).max(1),
+            reconnect_concurrency: ((r.reconnect_concurrency as f64 * share).ceil() as usize).max(1),
             connect_timeout_ms: r.connect_timeout.as_millis() as u64,
             drain_ms: r.drain.as_millis() as u64,
             salt: salt ^ (w as u64) << 48,

@@ -51,7 +51,7 @@ const RECONNECT_GIVE_UP_NS: u64 = 30_000_000_000;
 /// Reconnect storm: the client library's backoff (base, cap), and a member given up after this.
 const STORM_BASE_MS: u64 = 1_000;
 const STORM_CAP_MS: u64 = 60_000;
-const STORM_GIVE_UP_NS: u64 = 180_000_000_000;
+const STORM_GIVE_UP_NS: u64 = 600_000_000_000;
 /// A response head larger than this is not a WebSocket server's answer.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
@@ -141,6 +141,8 @@ pub struct Engine {
     todo: Vec<u32>,
     inflight: usize,
     max_inflight: usize,
+    /// The same while members are reconnecting (--reconnect-concurrency).
+    max_reconnect_inflight: usize,
     connect_per_sec: f64,
     connects_started: u64,
     /// Open connections (slab keys), for round-robin sending.
@@ -218,6 +220,7 @@ impl Engine {
                 message_timeout: 0,
             },
             max_inflight: ((job.concurrency as f64 * share).ceil() as usize).max(1),
+            max_reconnect_inflight: ((job.reconnect_concurrency as f64 * share).ceil() as usize).max(1),
             connect_per_sec: job.connect_rate * share,
             connects_started: 0,
             open: Vec::with_capacity(todo.len()),
@@ -316,7 +319,7 @@ impl Engine {
         if let Some(&Reverse((due, _))) = self.delayed.peek() {
             consider(due);
         }
-        if !self.todo.is_empty() && self.inflight < self.max_inflight {
+        if !self.todo.is_empty() && self.inflight < self.inflight_cap() {
             consider(if self.connect_per_sec > 0.0 { self.connect_allowed_at() } else { now });
         }
         if let Some(ahead) = self.wheel.next_expiry() {
@@ -339,6 +342,16 @@ impl Engine {
 
     // ---- connecting ----
 
+    /// Handshakes allowed in flight: the ramp's cap, or the reconnects' while members are back
+    /// off or on their way back.
+    fn inflight_cap(&self) -> usize {
+        if self.resuming.is_empty() {
+            self.max_inflight
+        } else {
+            self.max_reconnect_inflight
+        }
+    }
+
     fn connect_allowed_at(&self) -> u64 {
         self.out.ramp_start + (self.connects_started as f64 * 1e9 / self.connect_per_sec) as u64
     }
@@ -351,7 +364,7 @@ impl Engine {
             self.delayed.pop();
             self.todo.push(idx);
         }
-        while self.inflight < self.max_inflight {
+        while self.inflight < self.inflight_cap() {
             if self.connect_per_sec > 0.0 && self.connect_allowed_at() > now {
                 break;
             }

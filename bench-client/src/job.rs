@@ -76,6 +76,8 @@ pub struct Job {
     pub connect_rate: f64,
     /// Handshakes in flight at once for this worker.
     pub concurrency: usize,
+    /// The same while members reconnect.
+    pub reconnect_concurrency: usize,
     pub connect_timeout_ms: u64,
     /// After stop, how long to wait for messages still in flight.
     pub drain_ms: u64,
