@@ -26,6 +26,15 @@ build_release() {
   (cd "$root" && cargo build --release --workspace --quiet) || die "build failed"
 }
 
+# report_dir DIR HEADER: build the binaries, make the report directory and start its runs.tsv
+# with HEADER (tab-separated, `\t` escapes allowed); sets TSV.
+report_dir() {
+  build_release
+  mkdir -p "$1"
+  TSV=$1/runs.tsv
+  printf '%b\n' "$2" >"$TSV"
+}
+
 _pids=()
 _cleanup() {
   set +e # every process must be stopped, even if some already exited

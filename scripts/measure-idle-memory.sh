@@ -27,10 +27,8 @@ conns=${1:-15000}
 runs=${2:-3}
 settle=${SETTLE:-2}
 out=${OUT:-$root/bench-results/$(utc_stamp)-idle-memory}
-build_release
-mkdir -p "$out"
-tsv=$out/runs.tsv
-printf 'server\trun\trss_before_kb\trss_after_kb\tuser_bytes_per_conn\tslab_before_kb\tslab_after_kb\tkernel_slab_bytes_per_conn\n' >"$tsv"
+report_dir "$out" 'server\trun\trss_before_kb\trss_after_kb\tuser_bytes_per_conn\tslab_before_kb\tslab_after_kb\tkernel_slab_bytes_per_conn'
+tsv=$TSV
 servers=${SERVERS:-c100k}
 [ -n "${BASELINE_BIN:-}" ] && [ -z "${SERVERS:-}" ] && servers="c100k baseline"
 transport=${TRANSPORT:-ws}
