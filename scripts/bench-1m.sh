@@ -128,9 +128,11 @@ sample_storm "$addr" "$bench" "$out/samples.tsv"
 wait "$bench" || log "bench-client reported a problem: $(tail -3 "$out/client.log")"
 kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
 
+# A counter the server did not answer for (metric() gives up after 3 × 20 s) has no figure.
+delta() { if [ -n "$1" ] && [ -n "$2" ]; then echo $(( $2 - $1 )); else echo n/a; fi; }
 STORM=$storm CONNECT_RATE=$connect_rate CONCURRENCY=$concurrency RECONNECT_CONCURRENCY=$reconnect_concurrency python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
-  "$timeouts" "$rss0" "$rss1" "$slab0" "$slab1" "$redis_mem" "$(( c1 - c0 ))" "$window" "$(( pings1 - pings0 ))" \
-  "$(( sent1 - sent0 ))" "$src" "$(machine_line)" >"$out/README.md" <<'PY'
+  "$timeouts" "$rss0" "$rss1" "$slab0" "$slab1" "$redis_mem" "$(( c1 - c0 ))" "$window" "$(delta "$pings0" "$pings1")" \
+  "$(delta "$sent0" "$sent1")" "$src" "$(machine_line)" >"$out/README.md" <<'PY'
 import json, os, sys
 (out, conns, rooms, room_size, procs, hold, ping, rate, ramp, held, open_end, timeouts, rss0, rss1, slab0, slab1,
  redis_mem, cpu_ns, window, pings, sent, src, machine) = sys.argv[1:]
@@ -148,6 +150,7 @@ def peak(col):
     return best
 r, m, hs = s["resume"], s["messages"], s["histograms"]
 d, res = hs.get("delivery", {}), hs.get("resume", {})
+rate = lambda n: 'n/a (no /metrics answer)' if n == 'n/a' else f"{int(n) / window:,.0f}"
 us = lambda v: f"{v / 1e3:.1f} ms" if v < 1e6 else f"{v / 1e6:.2f} s"
 print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker restarted
 
@@ -166,7 +169,7 @@ print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker 
 | open at the end of the hold | **{int(open_end):,}** (heartbeat timeouts: {timeouts}) |
 | server user-space RSS per connection (all workers) | **{(int(rss1) - int(rss0)) * 1024 / max(held, 1):.0f} B** |
 | kernel Slab per connection (both ends) | {(int(slab1) - int(slab0)) * 1024 / max(held, 1):,.0f} B |
-| server CPU during the hold (heartbeats and broadcast, {window} s) | {int(cpu_ns) / (window * 1e9) * 100:.1f}% of one core ({int(pings) / window:,.0f} pings/s, {int(sent) / window:,.0f} deliveries/s) |
+| server CPU during the hold (heartbeats and broadcast, {window} s) | {int(cpu_ns) / (window * 1e9) * 100:.1f}% of one core ({rate(pings)} pings/s, {rate(sent)} deliveries/s) |
 | Redis memory per room | {int(redis_mem) / int(rooms):,.0f} B ({int(redis_mem) / 1048576:.1f} MiB for {rooms} rooms) |
 | broadcast delivery latency p50 / p99 (whole run) | {us(d.get('p50', 0))} / {us(d.get('p99', 0))} |
 | storm: members back, 99% / 100% within | {r['reconnects']:,} of {conns:,}; **{us(res.get('p99', 0))} / {us(res.get('max', 0))}** |
