@@ -72,16 +72,14 @@ fi
 build_release
 kernel_profile "$out"
 
-redis_port=$(free_port)
 # Redis stands in for a Redis host of its own: on core 0 beside 50-odd busy workers it got a
 # fair share, 1/54 of the core, and its calls timed out mid-ramp. At nice -20 it runs whenever
 # it has work (root only; otherwise it runs unprioritized and the report says so).
 redis_nice=()
 if [ "$(id -u)" = 0 ]; then redis_nice=(nice -n -20); fi
 export REDIS_NICE=${redis_nice[2]:-0}
-spawn "$out/redis.log" $(pin 0) "${redis_nice[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --protected-mode no --dir "$out"
-for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$out" "${redis_nice[@]}"
+redis_port=$REDIS_PORT
 port=$(free_port)
 server=("$C100K" --listen "127.0.0.1:$port" --processes "$procs" --threads 1 --ping-interval "$ping"
   --redis "redis://127.0.0.1:$redis_port" --max-publish-rate 0 --history-size 10000)

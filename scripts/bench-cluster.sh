@@ -30,11 +30,8 @@ out=${OUT:-$root/bench-results/$(utc_stamp)-cluster}
 build_release
 mkdir -p "$out"
 
-redis_port=$(free_port)
-spawn "$out/redis.log" $(pin 0) redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --protected-mode no --dir "$out"
-redis_pid=$SPAWNED
-for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$out"
+redis_port=$REDIS_PORT redis_pid=$REDIS_PID
 redis_url=redis://127.0.0.1:$redis_port
 
 # Each node: 1 event loop (3 nodes on one core), no publish-rate limit for the 10 senders,

@@ -32,10 +32,8 @@ out=${OUT:-$root/bench-results/$(utc_stamp)-reconnect-$transport}
 build_release
 mkdir -p "$out"
 
-redis_port=$(free_port)
-spawn "$out/redis.log" $(pin 0) redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --protected-mode no --dir "$out"
-for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$out"
+redis_port=$REDIS_PORT
 port=$(free_port)
 server=("$C100K" --listen "127.0.0.1:$port" --max-publish-rate 0 --history-size 10000 --redis "redis://127.0.0.1:$redis_port")
 spawn "$out/server-1.log" $(pin 0) "${server[@]}"

@@ -35,6 +35,18 @@ report_dir() {
   printf '%b\n' "$2" >"$TSV"
 }
 
+# start_redis DIR [PREFIX...]: a throwaway redis-server (no persistence, files in DIR, log in
+# DIR/redis.log) on a free loopback port, pinned to core 0 and run under PREFIX (e.g. nice);
+# waits until it answers PING. Sets REDIS_PORT and REDIS_PID.
+start_redis() {
+  local dir=$1; shift
+  REDIS_PORT=$(free_port)
+  spawn "$dir/redis.log" $(pin 0) "$@" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+    --appendonly no --protected-mode no --dir "$dir"
+  REDIS_PID=$SPAWNED
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+
 _pids=()
 _cleanup() {
   set +e # every process must be stopped, even if some already exited

@@ -20,10 +20,8 @@ out=${OUT:-$root/bench-results/$(utc_stamp)-member-layout}
 report_dir "$out" 'run\tbroker\trooms\tmembers_open\tuser_bytes_per_member'
 tsv=$TSV
 
-rport=$(free_port)
-spawn "$out/redis.log" $(pin 0) redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-  --protected-mode no --dir "$out"
-for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$out"
+rport=$REDIS_PORT
 
 for run in $(seq 1 "$runs"); do
   for layout in "memory 1" "memory $many" "redis 1" "redis $many"; do
