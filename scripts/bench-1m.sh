@@ -25,6 +25,9 @@
 #   RECONNECT_CONCURRENCY 50000  the same in the storm (--reconnect-concurrency): real clients
 #     all come back at once, spread only by their backoff's jitter; 512 set the storm's pace
 #     instead of the server (530 in flight at ~0.4 s each, ~1,300 reconnects/s)
+#   PROCESSES  worker processes on each side (default: as many as the descriptor cap needs);
+#     more to reproduce the 1M layout's (process, room) pairs with fewer members
+#   C100K_BIN  the server binary (default target/release/c100k), e.g. a baseline's
 #   OUT  report directory (default bench-results/<UTC>-1m)
 # Needs: redis-server, redis-cli, taskset, python3, curl; root to apply the kernel profile.
 set -euo pipefail
@@ -49,6 +52,10 @@ exec > >(tee "$out/run.log") 2>&1
 nofile=$(ulimit -Hn)
 per_proc=$(( nofile - 1000 ))
 procs=$(( (conns + 100 + per_proc - 1) / per_proc ))
+if [ -n "${PROCESSES:-}" ]; then
+  [ "$PROCESSES" -ge "$procs" ] || die "PROCESSES=$PROCESSES: $conns connections need at least $procs"
+  procs=$PROCESSES
+fi
 src=$(source_range "$procs")
 nsrc=$(( procs * 10 ))
 sysctl_get() { cat "/proc/sys/$(tr . / <<<"$1")" 2>/dev/null || echo 0; }
@@ -124,11 +131,14 @@ sup2=$SPAWNED
 wait_listening "$out/server-2.log" "$sup2" >/dev/null
 sample_storm "$addr" "$bench" "$out/samples.tsv"
 wait "$bench" || log "bench-client reported a problem: $(tail -3 "$out/client.log")"
+# The new server's own count of what went wrong toward Redis in the storm.
+storm_counts="redis_errors=$(metric "$addr" c100k_redis_errors_total) shed=$(metric "$addr" c100k_redis_shed_total)"
+storm_counts+=" v1_errors=$(metric "$addr" c100k_v1_errors_total) joins=$(metric "$addr" c100k_joins_total)"
 kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
 
 # A counter the server did not answer for (metric() gives up after 3 × 20 s) has no figure.
 delta() { if [ -n "$1" ] && [ -n "$2" ]; then echo $(( $2 - $1 )); else echo n/a; fi; }
-STORM=$storm CONNECT_RATE=$connect_rate CONCURRENCY=$concurrency RECONNECT_CONCURRENCY=$reconnect_concurrency python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
+COUNTS=$storm_counts BIN=$C100K STORM=$storm CONNECT_RATE=$connect_rate CONCURRENCY=$concurrency RECONNECT_CONCURRENCY=$reconnect_concurrency python3 - "$out" "$conns" "$rooms" "$room_size" "$procs" "$hold" "$ping" "$rate" "$ramp" "$held" "$open_end" \
   "$timeouts" "$rss0" "$rss1" "$slab0" "$slab1" "$redis_mem" "$(( c1 - c0 ))" "$window" "$(delta "$pings0" "$pings1")" \
   "$(delta "$sent0" "$sent1")" "$src" "$(machine_line)" >"$out/README.md" <<'PY'
 import json, os, sys
@@ -148,14 +158,15 @@ def peak(col):
     return best
 r, m, hs = s["resume"], s["messages"], s["histograms"]
 d, res = hs.get("delivery", {}), hs.get("resume", {})
-rate = lambda n: 'n/a (no /metrics answer)' if n == 'n/a' else f"{int(n) / window:,.0f}"
+per_s = lambda n: 'n/a (no /metrics answer)' if n == 'n/a' else f"{int(n) / window:,.0f}"
+c = dict(kv.split('=', 1) for kv in os.environ['COUNTS'].split())
 us = lambda v: f"{v / 1e3:.1f} ms" if v < 1e6 else f"{v / 1e6:.2f} s"
 print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker restarted
 
 - Date: {__import__('datetime').date.today()}, machine: {machine}
 - Command: `scripts/bench-1m.sh` (CONNS={conns} ROOM_SIZE={room_size} HOLD={hold} PING={ping} RATE={rate}
   STORM_SECONDS={os.environ['STORM']} CONNECT_RATE={os.environ['CONNECT_RATE']} CONCURRENCY={os.environ['CONCURRENCY']}
-  RECONNECT_CONCURRENCY={os.environ['RECONNECT_CONCURRENCY']})
+  RECONNECT_CONCURRENCY={os.environ['RECONNECT_CONCURRENCY']} PROCESSES={procs}{'' if os.environ['BIN'].endswith('target/release/c100k') else ' C100K_BIN=' + os.environ['BIN']})
 - Server: `c100k --processes {procs} --threads 1 --ping-interval {ping} --redis … --max-publish-rate 0
   --history-size 10000` and redis-server 7 (nice {os.environ.get('REDIS_NICE', '0')}), both pinned to core 0; bench-client `reconnect`
   (`--procs auto`) pinned to core 1, sources {src}. {rooms} rooms of {room_size}; 10 senders
@@ -167,12 +178,13 @@ print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker 
 | open at the end of the hold | **{int(open_end):,}** (heartbeat timeouts: {timeouts}) |
 | server user-space RSS per connection (all workers) | **{(int(rss1) - int(rss0)) * 1024 / max(held, 1):.0f} B** |
 | kernel Slab per connection (both ends) | {(int(slab1) - int(slab0)) * 1024 / max(held, 1):,.0f} B |
-| server CPU during the hold (heartbeats and broadcast, {window} s) | {int(cpu_ns) / (window * 1e9) * 100:.1f}% of one core ({rate(pings)} pings/s, {rate(sent)} deliveries/s) |
+| server CPU during the hold (heartbeats and broadcast, {window} s) | {int(cpu_ns) / (window * 1e9) * 100:.1f}% of one core ({per_s(pings)} pings/s, {per_s(sent)} deliveries/s) |
 | Redis memory per room | {int(redis_mem) / int(rooms):,.0f} B ({int(redis_mem) / 1048576:.1f} MiB for {rooms} rooms) |
 | broadcast delivery latency p50 / p99 (whole run) | {us(d.get('p50', 0))} / {us(d.get('p99', 0))} |
 | storm: members back, 99% / 100% within | {r['reconnects']:,} of {conns:,}; **{us(res.get('p99', 0))} / {us(res.get('max', 0))}** |
 | storm: peak accepts/s / handshakes/s at the new server | {peak(1):,.0f} / {peak(2):,.0f} |
 | reconnects recovered / not | {r['recovered']:,} / {r['unrecovered']:,} |
+| storm, the new server's counts: joins / Redis errors / joins shed / v1 error replies | {' / '.join(f"{int(v):,}" if v.isdigit() else 'n/a' for v in (c.get('joins', ''), c.get('redis_errors', ''), c.get('shed', ''), c.get('v1_errors', '')))} |
 | messages lost | **{m['lost']}** (expected {m['expected']:,}, received {m['received']:,}, duplicated {m['duplicated']}, out of order {m['out_of_order']}) |
 
 Verdict: {'ok' if s.get('verdict', {}).get('ok') else 'NOT OK: ' + '; '.join(s.get('verdict', {}).get('problems', []))}. Reports: `bench/` (summary.json, .hgrm, SVG), `samples.tsv`, logs.

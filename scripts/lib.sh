@@ -2,7 +2,7 @@
 # `spawn` is stopped when the script exits, however it exits.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-C100K=$root/target/release/c100k
+C100K=${C100K_BIN:-$root/target/release/c100k}
 BENCH=$root/target/release/bench-client
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }

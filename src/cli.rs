@@ -162,6 +162,18 @@ pub struct Args {
     #[arg(long, env = "C100K_REDIS_PREFIX", default_value = "c100k", value_parser = parse_prefix)]
     pub redis_prefix: String,
 
+    /// Redis calls one worker process keeps in flight (a join counting each joiner); the rest
+    /// wait their turn in the process. Redis runs calls one at a time: processes × this is
+    /// how much work a reconnect storm can queue in front of a call. 0 (the default): no bound.
+    #[arg(long, env = "C100K_REDIS_IN_FLIGHT", default_value_t = 0)]
+    pub redis_in_flight: u32,
+
+    /// Seconds a join may wait for its turn toward Redis; after that it is answered
+    /// `unavailable` (its client tries again after its backoff) without touching Redis.
+    /// 0 (the default): joins wait as long as it takes.
+    #[arg(long, env = "C100K_REDIS_JOIN_WAIT", default_value = "0", value_parser = parse_secs)]
+    pub redis_join_wait: Duration,
+
     /// Bytes of outbound queues this process holds in all; past it, the slowest consumers (the
     /// largest queues) are closed with 1008. Default: 1 GiB, or a quarter of RAM if less.
     #[arg(long, env = "C100K_MAX_OUTBOUND_MEMORY")]
@@ -304,6 +316,10 @@ impl Args {
             metrics_listen: self.metrics_listen,
             redis: self.redis_target(),
             redis_prefix: self.redis_prefix.clone(),
+            redis_admission: crate::broker::redis::Admission {
+                in_flight: self.redis_in_flight,
+                join_wait: self.redis_join_wait,
+            },
             poll_timeout: self.poll_timeout,
             sse_ping_interval: self.sse_ping_interval,
             transports: self.transports,

@@ -525,3 +525,94 @@ fn redis_upkeep_grows_with_rooms_and_nodes_not_their_product() {
     assert!(sweeps > 0.0 && sweeps <= sweep_rate * 1.5, "each room swept about once a period in all: {sweeps:.0}/s");
     assert!(touches <= ROOMS as f64 * 3.0 / secs, "rooms touched every third of the history TTL: {touches:.0}/s");
 }
+
+/// `rooms` members joined one to a room (`r0`, `r1`, …), and as many connections not joined
+/// yet, on `addr`.
+fn members_and_joiners(addr: std::net::SocketAddr, rooms: usize) -> (Vec<RawWs>, Vec<RawWs>) {
+    let members = (0..rooms)
+        .map(|i| {
+            let mut w = RawWs::v1(addr, &format!("?user=a{i}"));
+            join(&mut w, &format!("r{i}"));
+            w
+        })
+        .collect();
+    let joiners = (0..rooms).map(|i| RawWs::v1(addr, &format!("?user=b{i}"))).collect();
+    (members, joiners)
+}
+
+/// Redis runs calls one at a time, so work a process sends at once is how long its last call
+/// waits. Past `--redis-in-flight` the rest waits its turn in the server: under a write pause
+/// (scripts wait, subscriptions do not), 200 joins in 200 rooms put 50 calls on Redis and keep
+/// 150 in the server, and all join once Redis answers, with no error.
+#[test]
+fn redis_work_in_flight_is_bounded_and_the_rest_waits_its_turn() {
+    const ROOMS: usize = 200;
+    const MOST: u64 = 50;
+    let redis = RedisServer::start(false);
+    let a = node(&redis.url(), &unique_prefix(), &["--redis-in-flight", "50"]);
+    let (_members, mut joiners) = members_and_joiners(a.addr, ROOMS);
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]).as_deref(), Some("+OK"));
+    for (i, w) in joiners.iter_mut().enumerate() {
+        w.send_json(&json!({"op":"join","id":"j","room":format!("r{i}")}));
+    }
+    let mut most = 0;
+    // Sweeps in flight weigh nothing and may hold a room's join behind them: every join is
+    // either in flight or waiting, and at least ROOMS - MOST wait.
+    wait_for("joins past --redis-in-flight waiting in the server", Duration::from_millis(1200), || {
+        let (f, w) = (metric(a.addr, "c100k_redis_in_flight"), metric(a.addr, "c100k_redis_waiting"));
+        most = most.max(f);
+        f + w == ROOMS as u64 && w >= ROOMS as u64 - MOST
+    });
+    redis.command(&["CLIENT", "UNPAUSE"]);
+    for w in &mut joiners {
+        w.recv_op("joined");
+    }
+    assert!(most <= MOST, "{most} calls in flight, past --redis-in-flight {MOST}");
+    wait_for("nothing in flight or waiting", Duration::from_secs(5), || {
+        metric(a.addr, "c100k_redis_in_flight") == 0 && metric(a.addr, "c100k_redis_waiting") == 0
+    });
+    assert_eq!(metric(a.addr, "c100k_redis_errors_total"), 0);
+    assert_eq!(metric(a.addr, "c100k_redis_shed_total"), 0);
+}
+
+/// A join that waited `--redis-join-wait` for its turn is answered `unavailable` and never
+/// reaches Redis (no presence entry is left behind); joining again later works.
+#[test]
+fn a_join_that_waits_past_redis_join_wait_is_shed_before_touching_redis() {
+    const ROOMS: usize = 20;
+    let redis = RedisServer::start(false);
+    let a = node(&redis.url(), &unique_prefix(), &["--redis-in-flight", "4", "--redis-join-wait", "0.3"]);
+    let (mut members, mut joiners) = members_and_joiners(a.addr, ROOMS);
+    // Shorter than the 2 s response timeout: the 4 calls in flight wait, they do not fail.
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "1200", "WRITE"]).as_deref(), Some("+OK"));
+    for (i, w) in joiners.iter_mut().enumerate() {
+        w.send_json(&json!({"op":"join","id":"j","room":format!("r{i}")}));
+    }
+    let mut shed = Vec::new();
+    for (i, w) in joiners.iter_mut().enumerate() {
+        let r = loop {
+            let v = w.recv_json();
+            if v["id"] == "j" {
+                break v;
+            }
+        };
+        match r["op"].as_str() {
+            Some("joined") => {}
+            Some("error") => {
+                assert_eq!(r["code"], "unavailable", "{r}");
+                assert!(r["message"].as_str().unwrap().contains("Redis busy"), "{r}");
+                shed.push(i);
+            }
+            _ => panic!("{r}"),
+        }
+    }
+    assert!(shed.len() >= ROOMS - 4, "only {} of {ROOMS} joins shed with 4 in flight", shed.len());
+    assert_eq!(metric(a.addr, "c100k_redis_shed_total"), shed.len() as u64);
+    assert_eq!(metric(a.addr, "c100k_redis_errors_total"), 0, "shedding is not a Redis failure");
+    for &i in &shed {
+        let room = format!("r{i}");
+        let users = members[i].call(json!({"op":"presence","id":"q","room":room}))["users"].clone();
+        assert_eq!(users, json!([{"user":format!("a{i}"),"conns":1}]), "a shed join left nothing in Redis");
+        assert_eq!(joiners[i].call(json!({"op":"join","id":"again","room":room}))["op"], "joined");
+    }
+}

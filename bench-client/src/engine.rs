@@ -878,8 +878,10 @@ impl Engine {
     fn feed(&mut self, key: usize, data: &mut [u8]) {
         let mut rest = data;
         let tick = self.tick(now_ns()) as u32;
+        let Some(gen) = self.conns.get(key).map(|c| c.gen) else { return };
         loop {
-            let Some(c) = self.conns.get_mut(key) else { return };
+            // A message may have ended this connection (a refused join).
+            let Some(c) = self.conns.get_mut(key).filter(|c| c.gen == gen) else { return };
             match c.sess.feed(&mut rest, tick, &mut self.wbuf, &self.scfg) {
                 None => return,
                 Some(Event::Message { text, data }) => self.on_message(key, text, &data),
@@ -990,7 +992,15 @@ impl Engine {
                     self.established(key);
                 }
             }
-            "error" => self.out.v1_errors += 1,
+            "error" => {
+                self.out.v1_errors += 1;
+                // A refused join (a busy broker sheds joins): this attempt failed, and a
+                // reconnecting member tries again after its backoff instead of waiting out
+                // its connect timeout.
+                if self.conns[key].state == State::Joining {
+                    self.fail(key, Failure::JoinRefused);
+                }
+            }
             _ => {}
         }
     }

@@ -126,6 +126,8 @@ pub enum Failure {
     Emfile,
     /// The TLS handshake failed (certificate not trusted, alert, not TLS).
     Tls,
+    /// The server answered the v1 join with an error (`unavailable`: its broker is busy).
+    JoinRefused,
     /// Anything else, by errno.
     Os(i32),
 }
@@ -163,6 +165,7 @@ impl Failure {
             Failure::AddrNotAvail => "eaddrnotavail".into(),
             Failure::Emfile => "emfile".into(),
             Failure::Tls => "tls".into(),
+            Failure::JoinRefused => "join_refused".into(),
             Failure::Os(n) => format!("os_error_{n}"),
         }
     }

@@ -83,6 +83,13 @@ pub trait Gauges: Send + Sync {
     /// The external broker became reachable again (true) or unreachable (false); called on
     /// changes only, starting from reachable.
     fn broker_up(&self, _up: bool) {}
+    /// Redis work in flight from this process changed by `d` (calls, a join counting each
+    /// joiner).
+    fn redis_in_flight(&self, _d: i64) {}
+    /// Redis work waiting in this process for its turn changed by `d`.
+    fn redis_waiting(&self, _d: i64) {}
+    /// A join waited too long for its turn and was answered `unavailable`.
+    fn redis_shed(&self) {}
     /// A publish refused by the room's rate limit.
     fn room_refused(&self);
 }

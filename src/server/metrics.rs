@@ -110,6 +110,9 @@ metrics! {
     broker_rooms: "gauge", "Rooms this server's broker holds state for (members, presence or history).";
     redis_errors_total: "counter", "Redis requests that failed (each answered `unavailable` or retried).";
     redis_down: "gauge", "Worker processes that cannot reach Redis now (0: all can; always 0 without --redis).";
+    redis_in_flight: "gauge", "Redis calls in flight (a join counting each joiner); at most --redis-in-flight per worker process when it is set.";
+    redis_waiting: "gauge", "Redis calls waiting in the server for their turn (a join counting each joiner).";
+    redis_shed_total: "counter", "Joins answered unavailable because they waited --redis-join-wait for their turn toward Redis (never sent).";
 }
 
 /// Render a snapshot in the Prometheus text exposition format (version 0.0.4).

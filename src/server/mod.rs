@@ -99,6 +99,8 @@ pub struct Config {
     pub redis: Option<RedisTarget>,
     /// Every Redis key and channel starts with this (apps or tenants sharing one Redis).
     pub redis_prefix: String,
+    /// Redis work in flight per process, and how long a join may wait for its turn.
+    pub redis_admission: crate::broker::redis::Admission,
     /// A long poll with nothing to answer is answered empty after this long.
     pub poll_timeout: Duration,
     /// An event stream gets a `: ping` comment this often (proxies close quiet streams).
@@ -160,6 +162,7 @@ impl Default for Config {
             metrics_listen: None,
             redis: None,
             redis_prefix: "c100k".into(),
+            redis_admission: Default::default(),
             poll_timeout: Duration::from_secs(25),
             sse_ping_interval: Duration::from_secs(15),
             transports: routes::Transports::ALL,
@@ -257,6 +260,18 @@ impl Gauges for BrokerGauges {
 
     fn broker_up(&self, up: bool) {
         self.0.mine(0).redis_down.add_shared(if up { -1 } else { 1 });
+    }
+
+    fn redis_in_flight(&self, d: i64) {
+        self.0.mine(0).redis_in_flight.add_shared(d);
+    }
+
+    fn redis_waiting(&self, d: i64) {
+        self.0.mine(0).redis_waiting.add_shared(d);
+    }
+
+    fn redis_shed(&self) {
+        self.0.mine(0).redis_shed_total.add_shared(1);
     }
 }
 
@@ -356,8 +371,16 @@ impl Server {
         let broker: Arc<dyn Broker> = match &cfg.redis {
             None => Arc::new(MemoryBroker::new(settings, sink, gauges)),
             Some(target) => Arc::new(
-                RedisBroker::start(target.clone(), &cfg.redis_prefix, settings, sink, gauges, REDIS_CONNECT_TIMEOUT)
-                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
+                RedisBroker::start(
+                    target.clone(),
+                    &cfg.redis_prefix,
+                    settings,
+                    cfg.redis_admission,
+                    sink,
+                    gauges,
+                    REDIS_CONNECT_TIMEOUT,
+                )
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
             ),
         };
         let admin = match cfg.metrics_listen {

@@ -84,6 +84,28 @@ pub(super) enum Req {
     Stop,
 }
 
+/// How much Redis work one process keeps in flight, and how long a join may wait for its
+/// turn (`--redis-in-flight`, `--redis-join-wait`). Both off (0) by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Calls in flight, a join counting each of its joiners; 0: no bound.
+    pub in_flight: u32,
+    /// A join not sent after this long is answered `unavailable` without touching Redis; 0:
+    /// joins wait as long as it takes.
+    pub join_wait: Duration,
+}
+
+impl Admission {
+    /// The bound on calls in flight.
+    pub fn most(&self) -> u32 {
+        if self.in_flight == 0 {
+            u32::MAX
+        } else {
+            self.in_flight
+        }
+    }
+}
+
 /// The Redis broker (see the module docs).
 pub struct RedisBroker {
     tx: mpsc::UnboundedSender<Req>,
@@ -106,6 +128,7 @@ impl RedisBroker {
         target: Target,
         prefix: &str,
         cfg: Settings,
+        admission: Admission,
         sink: Arc<dyn Sink>,
         gauges: Arc<dyn Gauges>,
         connect_timeout: Duration,
@@ -147,7 +170,7 @@ impl RedisBroker {
                     };
                     h.set(true, "");
                     let _ = ready_tx.send(Ok(()));
-                    let (task, done) = Task::new(cfg, sink, gauges, conn, h, scripts, prefix);
+                    let (task, done) = Task::new(cfg, admission, sink, gauges, conn, h, scripts, prefix);
                     task.run(done, rx, push_rx).await;
                 });
             })

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::conn::{evalsha, nodes_key, Keys, RConn, Scripts};
 use super::parse::{self, CatchUp, Msg};
-use super::{lock, Health, Req};
+use super::{lock, Admission, Health, Req};
 use crate::broker::{Event, Gauges, Joined, Reply, RoomRate, Settings, Sink, Tag};
 use crate::proto::v1::{ErrorCode, Position};
 use crate::rooms::members::RoomId;
@@ -34,6 +34,17 @@ const LINGER: Duration = Duration::from_secs(5);
 /// Calls per pipeline.
 const BATCH: usize = 512;
 
+// Admission ([`Admission`], off by default): Redis runs calls one at a time, so the work in
+// flight is how long the last call waits. With every room's pipeline sent at once, a reconnect
+// storm of 53 processes × 1,000 rooms queued calls past the response timeout and failed them.
+// Bounded per process, the rest waits in the process, in order, and a join still waiting after
+// `join_wait` is shed before any Redis work. Measured on the 2-core host (Redis sharing a core
+// with the workers) this trades Redis errors for a slower storm, so it is opt-in: see README,
+// "Admission toward Redis".
+
+/// What a shed join is answered.
+const SHED: &str = "Redis busy: the join waited too long for its turn, try again later";
+
 /// How long a gap may wait for the subscription's messages to fill it before the stream is read
 /// again (they normally arrive within milliseconds: see [`Room::continuous`]).
 const GAP_WAIT: Duration = Duration::from_secs(5);
@@ -45,6 +56,8 @@ pub(super) struct PendingJoin {
     user: Arc<str>,
     since: Option<Position>,
     tag: Tag,
+    /// When it was asked for (it is shed `Admission::join_wait` later if still not sent).
+    at: Instant,
 }
 
 /// A room's subscription.
@@ -162,8 +175,26 @@ impl Room {
 /// A room's calls waiting to go out.
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<(Cmd, Then)>,
+    waiting: VecDeque<Call>,
+    /// A pipeline is in flight: its weight (0 when none is).
     in_flight: bool,
+    weight: u32,
+    /// In `Task::turns`, waiting for its pipeline to be admitted.
+    queued: bool,
+    /// No waiting call expires before this (it may be earlier than the first that does: it
+    /// only saves looking).
+    expires: Option<Instant>,
+}
+
+/// A call waiting to go out.
+struct Call {
+    cmd: Cmd,
+    then: Then,
+    /// Its share of `Admission::in_flight`: 0 for upkeep that keeps rooms and presence alive (it must
+    /// not wait behind a storm of joins, and is a few calls a second).
+    weight: u32,
+    /// Past this, it is answered [`SHED`] instead of sent (joins only).
+    expires: Option<Instant>,
 }
 
 /// What a call's answer becomes.
@@ -213,6 +244,7 @@ pub(super) enum Done {
 
 pub(super) struct Task {
     cfg: Settings,
+    admission: Admission,
     sink: Arc<dyn Sink>,
     gauges: Arc<dyn Gauges>,
     conn: RConn,
@@ -237,6 +269,12 @@ pub(super) struct Task {
     by_id: HashMap<RoomId, Arc<str>>,
     by_channel: HashMap<String, Arc<str>>,
     queues: HashMap<Arc<str>, Queue>,
+    /// Rooms whose next pipeline waits for room under `Admission::in_flight`, in the order
+    /// they asked.
+    turns: VecDeque<Arc<str>>,
+    /// The weight of the pipelines in flight, and of the calls not sent yet.
+    in_flight: u32,
+    waiting: u64,
     done_tx: mpsc::UnboundedSender<Done>,
 }
 
@@ -266,8 +304,10 @@ fn post_loops(sink: &dyn Sink, loops: &[u64], ev: impl Fn() -> Event) {
 }
 
 impl Task {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: Settings,
+        admission: Admission,
         sink: Arc<dyn Sink>,
         gauges: Arc<dyn Gauges>,
         conn: RConn,
@@ -280,6 +320,7 @@ impl Task {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let t = Task {
             cfg,
+            admission,
             sink,
             gauges,
             conn,
@@ -296,6 +337,9 @@ impl Task {
             by_id: HashMap::new(),
             by_channel: HashMap::new(),
             queues: HashMap::new(),
+            turns: VecDeque::new(),
+            in_flight: 0,
+            waiting: 0,
             done_tx,
         };
         (t, done_rx)
@@ -337,33 +381,117 @@ impl Task {
 
     // ---- calls ----
 
-    /// Queue a call about `room`; its answer comes back through `then` as a [`Done`].
+    /// Queue a call about `room` (weight 1); its answer comes back through `then` as a [`Done`].
     fn call(&mut self, room: &Arc<str>, cmd: Cmd, then: impl FnOnce(Result<Value, String>) -> Done + Send + 'static) {
+        self.queue(room, Call { cmd, then: Box::new(then), weight: 1, expires: None });
+    }
+
+    /// Queue upkeep (weight 0: never waits for other rooms' work).
+    fn upkeep(&mut self, room: &Arc<str>, cmd: Cmd, then: impl FnOnce(Result<Value, String>) -> Done + Send + 'static) {
+        self.queue(room, Call { cmd, then: Box::new(then), weight: 0, expires: None });
+    }
+
+    fn queue(&mut self, room: &Arc<str>, call: Call) {
+        self.waiting += u64::from(call.weight);
+        self.gauges.redis_waiting(i64::from(call.weight));
         let q = self.queues.entry(room.clone()).or_default();
-        q.waiting.push((cmd, Box::new(then)));
-        if !q.in_flight {
-            self.send_batch(room);
+        q.expires = earliest(q.expires, call.expires);
+        q.waiting.push_back(call);
+        if !q.in_flight && !q.queued {
+            self.send_batch(room, false);
         }
     }
 
-    fn send_batch(&mut self, room: &Arc<str>) {
-        let Some(q) = self.queues.get_mut(room) else { return };
+    /// Send `room`'s next pipeline: up to [`BATCH`] calls and `in_flight` weight, if the
+    /// process has room for it and no room asked before it (`turn`: it is its turn now).
+    /// False when it must wait (it is then in `turns`).
+    fn send_batch(&mut self, room: &Arc<str>, turn: bool) -> bool {
+        self.shed_expired(room);
+        let Some(q) = self.queues.get_mut(room) else { return true };
+        if q.in_flight {
+            return true;
+        }
         if q.waiting.is_empty() {
             self.queues.remove(room);
-            return;
+            return true;
         }
-        let take = q.waiting.len().min(BATCH);
-        let batch: Vec<(Cmd, Then)> = q.waiting.drain(..take).collect();
+        let (mut take, mut weight, most) = (0, 0u32, self.admission.most());
+        for c in &q.waiting {
+            if take == BATCH || (take > 0 && weight + c.weight > most) {
+                break;
+            }
+            take += 1;
+            weight += c.weight;
+        }
+        let full = self.in_flight > 0 && self.in_flight + weight > most;
+        if weight > 0 && (full || !turn && !self.turns.is_empty()) {
+            if !q.queued {
+                q.queued = true;
+                self.turns.push_back(room.clone());
+            }
+            return false;
+        }
+        let batch: Vec<Call> = q.waiting.drain(..take).collect();
+        if q.waiting.is_empty() {
+            q.waiting = VecDeque::new();
+        }
         q.in_flight = true;
+        q.weight = weight;
+        self.in_flight += weight;
+        self.waiting -= u64::from(weight);
+        self.gauges.redis_in_flight(i64::from(weight));
+        self.gauges.redis_waiting(-i64::from(weight));
         let (mut c, s, tx, room) = (self.conn.clone(), self.scripts.clone(), self.done_tx.clone(), room.clone());
         tokio::spawn(async move {
-            let (cmds, thens): (Vec<Cmd>, Vec<Then>) = batch.into_iter().unzip();
+            let (cmds, thens): (Vec<Cmd>, Vec<Then>) = batch.into_iter().map(|c| (c.cmd, c.then)).unzip();
             let answers = c.run_batch(cmds, &s).await;
             for (then, a) in thens.into_iter().zip(answers) {
                 let _ = tx.send(then(a));
             }
             let _ = tx.send(Done::Sent { room });
         });
+        true
+    }
+
+    /// A pipeline came back: the rooms waiting for their turn go, in order, while they fit.
+    fn sent(&mut self, room: &Arc<str>) {
+        if let Some(q) = self.queues.get_mut(room) {
+            q.in_flight = false;
+            self.in_flight -= q.weight;
+            self.gauges.redis_in_flight(-i64::from(q.weight));
+            q.weight = 0;
+            if !q.queued {
+                self.send_batch(room, false);
+            }
+        }
+        while let Some(next) = self.turns.front().cloned() {
+            if !self.send_batch(&next, true) {
+                break;
+            }
+            self.turns.pop_front();
+            if let Some(q) = self.queues.get_mut(&next) {
+                q.queued = false;
+            }
+        }
+    }
+
+    /// Answer [`SHED`] to `room`'s calls that waited past their deadline (before any Redis
+    /// work: nothing of them ran).
+    fn shed_expired(&mut self, room: &Arc<str>) {
+        let Some(q) = self.queues.get_mut(room) else { return };
+        let now = Instant::now();
+        if q.expires.is_none_or(|t| t > now) {
+            return;
+        }
+        let (gone, kept): (VecDeque<Call>, VecDeque<Call>) =
+            std::mem::take(&mut q.waiting).into_iter().partition(|c| c.expires.is_some_and(|t| t <= now));
+        q.expires = kept.iter().fold(None, |e, c| earliest(e, c.expires));
+        q.waiting = kept;
+        for c in gone {
+            self.waiting -= u64::from(c.weight);
+            self.gauges.redis_waiting(-i64::from(c.weight));
+            let _ = self.done_tx.send((c.then)(Err(SHED.into())));
+        }
     }
 
     /// Run `f` on a clone of the connection in the background (subscriptions).
@@ -431,7 +559,7 @@ impl Task {
                     self.sink.post(to.lp as usize, ev, true);
                     return;
                 };
-                r.joins.push_back(PendingJoin { to, user, since, tag });
+                r.joins.push_back(PendingJoin { to, user, since, tag, at: Instant::now() });
                 let name = self.by_id[&id].clone();
                 self.next_batch(&name);
             }
@@ -535,8 +663,12 @@ impl Task {
             }
             return;
         }
-        // Taken, not drained: an idle room keeps no queue capacity (×rooms×processes at 1M).
-        let batch: Vec<PendingJoin> = std::mem::take(&mut r.joins).into();
+        // Taken, not drained, when it is all of them: an idle room keeps no queue capacity
+        // (×rooms×processes at 1M). At most `in_flight` joiners go in one call; the rest wait
+        // for the next.
+        let most = self.admission.most() as usize;
+        let batch: Vec<PendingJoin> =
+            if r.joins.len() <= most { std::mem::take(&mut r.joins).into() } else { r.joins.drain(..most).collect() };
         // `users` mirrors what Redis holds once the queued calls have run (calls about a room
         // run in order): counted when the join is queued, uncounted when the leave is.
         for j in &batch {
@@ -559,11 +691,14 @@ impl Task {
         for j in &batch {
             cmd.arg(&*j.user);
         }
-        let room = name.clone();
-        self.call(name, cmd, move |a| {
+        let (room, weight) = (name.clone(), batch.len() as u32);
+        let wait = self.admission.join_wait;
+        let expires = batch.iter().map(|j| j.at).min().filter(|_| !wait.is_zero()).map(|t| t + wait);
+        let then = Box::new(move |a: Result<Value, String>| {
             let result = a.and_then(|v| parse::parse_join(v, &room));
             Done::Joined { room, batch, result }
         });
+        self.queue(name, Call { cmd, then, weight, expires });
     }
 
     /// `join.lua` for this node (add the users with `.arg`).
@@ -628,12 +763,7 @@ impl Task {
         match d {
             Done::Ok => self.succeeded(),
             Done::Err(e) => self.failed(&e),
-            Done::Sent { room } => {
-                if let Some(q) = self.queues.get_mut(&room) {
-                    q.in_flight = false;
-                }
-                self.send_batch(&room);
-            }
+            Done::Sent { room } => self.sent(&room),
             Done::Subscribed { room, ok } => self.subscribed(room, ok),
             Done::Swept { room, nodes } => {
                 self.succeeded();
@@ -715,6 +845,17 @@ impl Task {
         let id = r.id;
         let (epoch, top, entries) = match result {
             Ok(x) => x,
+            Err(e) if e == SHED => {
+                // Never sent: nothing to undo in Redis.
+                for j in batch {
+                    r.forget_user(&j.user);
+                    self.gauges.redis_shed();
+                    let ev = Event::JoinFailed { to: j.to, room: id, id: j.tag, message: SHED.into() };
+                    self.sink.post(j.to.lp as usize, ev, true);
+                }
+                self.next_batch(&room);
+                return;
+            }
             Err(e) => {
                 // Perhaps it ran and only its answer was lost: a clean leave per joiner undoes
                 // it either way (a leave of an entry that is not there changes nothing).
@@ -1073,7 +1214,7 @@ impl Task {
             .collect();
         for (name, cmd) in calls {
             let room = name.clone();
-            self.call(&name, cmd, move |a| match a {
+            self.upkeep(&name, cmd, move |a| match a {
                 Ok(Value::Int(1)) => Done::Ok,
                 // Given up for dead here, or the room's data lost: announce again.
                 Ok(_) => Done::Reannounce { room },
@@ -1097,10 +1238,12 @@ impl Task {
                 cmd.arg(&**u);
             }
         }
-        self.call(&room, cmd, |a| match a {
+        let weight = users.iter().map(|(_, n)| n).sum();
+        let then = Box::new(|a: Result<Value, String>| match a {
             Ok(_) => Done::Ok,
             Err(e) => Done::Err(format!("announce: {e}")),
         });
+        self.queue(&room, Call { cmd, then, weight, expires: None });
     }
 
     /// Report the users whose grace period ended (or whose node died) in the rooms served here.
@@ -1127,7 +1270,7 @@ impl Task {
             .collect();
         for (name, cmd) in calls {
             let room = name.clone();
-            self.call(&name, cmd, move |a| match a.and_then(parse::parse_swept) {
+            self.upkeep(&name, cmd, move |a| match a.and_then(parse::parse_swept) {
                 Ok(nodes) => Done::Swept { room, nodes },
                 Err(e) => Done::Err(format!("sweep: {e}")),
             });
@@ -1138,6 +1281,11 @@ impl Task {
     /// are unsubscribed. Four times a second over every room of the process: only the rooms
     /// with something to do are copied out (cloning every name was 1-2% of a 1M run's CPU).
     fn retry(&mut self) {
+        // Joins waiting their turn are answered once too late, not only when it comes.
+        for i in 0..self.turns.len() {
+            let name = self.turns[i].clone();
+            self.shed_expired(&name);
+        }
         let now = Instant::now();
         let due: Vec<(Arc<str>, Due)> =
             self.rooms.iter().filter_map(|(name, r)| Some((name.clone(), r.due(now)?))).collect();
@@ -1175,6 +1323,13 @@ enum Due {
     /// A gap in the live messages outlasted GAP_WAIT: read the history.
     GapRead,
     CatchUp,
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn unavailable(e: &str) -> Reply {
