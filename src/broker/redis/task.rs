@@ -176,7 +176,7 @@ impl Room {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Call>,
-    /// A pipeline is in flight: its weight (0 when none is).
+    /// A pipeline is in flight, and its weight (0 when none is, or when it is upkeep).
     in_flight: bool,
     weight: u32,
     /// In `Task::turns`, waiting for its pipeline to be admitted.
@@ -272,9 +272,8 @@ pub(super) struct Task {
     /// Rooms whose next pipeline waits for room under `Admission::in_flight`, in the order
     /// they asked.
     turns: VecDeque<Arc<str>>,
-    /// The weight of the pipelines in flight, and of the calls not sent yet.
+    /// The weight of the pipelines in flight.
     in_flight: u32,
-    waiting: u64,
     done_tx: mpsc::UnboundedSender<Done>,
 }
 
@@ -339,7 +338,6 @@ impl Task {
             queues: HashMap::new(),
             turns: VecDeque::new(),
             in_flight: 0,
-            waiting: 0,
             done_tx,
         };
         (t, done_rx)
@@ -392,7 +390,6 @@ impl Task {
     }
 
     fn queue(&mut self, room: &Arc<str>, call: Call) {
-        self.waiting += u64::from(call.weight);
         self.gauges.redis_waiting(i64::from(call.weight));
         let q = self.queues.entry(room.clone()).or_default();
         q.expires = earliest(q.expires, call.expires);
@@ -438,7 +435,6 @@ impl Task {
         q.in_flight = true;
         q.weight = weight;
         self.in_flight += weight;
-        self.waiting -= u64::from(weight);
         self.gauges.redis_in_flight(i64::from(weight));
         self.gauges.redis_waiting(-i64::from(weight));
         let (mut c, s, tx, room) = (self.conn.clone(), self.scripts.clone(), self.done_tx.clone(), room.clone());
@@ -488,7 +484,6 @@ impl Task {
         q.expires = kept.iter().fold(None, |e, c| earliest(e, c.expires));
         q.waiting = kept;
         for c in gone {
-            self.waiting -= u64::from(c.weight);
             self.gauges.redis_waiting(-i64::from(c.weight));
             let _ = self.done_tx.send((c.then)(Err(SHED.into())));
         }
