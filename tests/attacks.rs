@@ -129,9 +129,17 @@ fn a_process_wide_budget_closes_the_slowest_consumers_first() {
     let burst = frames(100, OpCode::Data(Data::Binary), &[7u8; 4096]);
     let (_, gauge) = peaks(&bin, "c100k_outbound_queued_bytes", || {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut sent = 0;
         while metric(bin.addr, "c100k_outbound_budget_closes_total") < 50 {
             assert!(Instant::now() < deadline, "the budget never bit");
             sender.stream.write_all(&burst).unwrap();
+            // Paced on the server: with the kernel's socket buffers as large as they are now
+            // (tcp_rmem up to 32 MiB), bursts sent ahead of it pile up unread, and the few members
+            // the budget leaves reach --max-backlog on the backlog before it is checked again.
+            sent += 100;
+            wait_for("the burst read", Duration::from_secs(10), || {
+                metric(bin.addr, "c100k_messages_received_total") >= sent
+            });
         }
     });
     println!("gauge peak {gauge} B, budget {BUDGET} B");

@@ -220,7 +220,7 @@ impl Decoder {
                             data: Vec::with_capacity(len.min(INITIAL_ASSEMBLY)),
                             utf8: Utf8Stream::default(),
                         });
-                        append(m, chunk)?;
+                        append(m, chunk, len - avail)?;
                     }
                 }
             }
@@ -247,7 +247,7 @@ impl Decoder {
             OpCode::Control(_) => p.ctrl.extend_from_slice(chunk),
             _ => {
                 if let Some(m) = p.msg.as_mut() {
-                    append(m, chunk)?;
+                    append(m, chunk, run.remaining as usize)?;
                 }
             }
         }
@@ -350,7 +350,7 @@ impl Decoder {
             OpCode::Data(Data::Continue) => {
                 let p = self.st.as_deref_mut().expect("checked: a message is in progress");
                 let m = p.msg.as_mut().expect("checked: a message is in progress");
-                append(m, payload)?;
+                append(m, payload, 0)?;
                 if h.fin {
                     finish_message(p.msg.take()).map(Some)
                 } else {
@@ -408,9 +408,18 @@ fn take<'a>(rest: &mut &'a mut [u8], n: usize) -> &'a mut [u8] {
     head
 }
 
-fn append(m: &mut Message, chunk: &[u8]) -> Result<(), ProtoError> {
+/// Add a chunk of a data frame to its message; `to_come` more bytes of this frame follow.
+fn append(m: &mut Message, chunk: &[u8], to_come: usize) -> Result<(), ProtoError> {
     if m.text && !m.compressed {
         m.utf8.feed(chunk).map_err(|_| invalid_utf8())?;
+    }
+    let (len, cap) = (m.data.len(), m.data.capacity());
+    if cap - len < chunk.len() {
+        // Doubling, as `Vec` would, but never past the frame's end: left to itself the
+        // doubling ladder can give a 1 MiB message 2 MiB of capacity, and the input budget
+        // counts capacity.
+        let need = len + chunk.len();
+        m.data.reserve_exact(cap.saturating_mul(2).clamp(need, need + to_come) - len);
     }
     m.data.extend_from_slice(chunk);
     Ok(())
@@ -673,6 +682,25 @@ mod tests {
         let mut rest: &mut [u8] = &mut frame[20_000..];
         assert!(matches!(d.decode(&mut rest, &SERVER), Ok(Some(Frame::Binary(_)))));
         assert_eq!((d.buffered(), d.started()), (0, None));
+    }
+
+    #[test]
+    fn a_message_assembled_over_reads_holds_no_more_than_its_frame() {
+        // Read-sized chunks whose doubling ladder would overshoot: 1 MiB ends in 2 MiB of
+        // capacity with `Vec`'s own growth.
+        let cfg = DecodeConfig { role: Role::Server, max_message: 4 << 20, deflate: false };
+        let size = 1 << 20;
+        let mut frame = cf(0x82, &vec![3u8; size]);
+        let mut d = Decoder::default();
+        let mut at = 0;
+        while at + 65_536 < frame.len() {
+            let mut rest: &mut [u8] = &mut frame[at..at + 65_536];
+            assert_eq!(d.decode(&mut rest, &cfg), Ok(None));
+            at += 65_536;
+            assert!(d.buffered() <= size + 256, "{} bytes held for a {size}-byte message", d.buffered());
+        }
+        let mut rest: &mut [u8] = &mut frame[at..];
+        assert!(matches!(d.decode(&mut rest, &cfg), Ok(Some(Frame::Binary(b))) if b.len() == size));
     }
 
     #[test]
