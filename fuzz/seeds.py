@@ -134,3 +134,22 @@ put("tls_server", "hello_truncated", b"\x07" + hellos["hello13_alpn"][:100])
 put("tls_server", "hello_then_junk", b"\x3f" + hellos["hello13_alpn"] + b"\x17\x03\x03\x00\x10" + bytes(16))
 put("tls_server", "plain_http", b"\x3fGET / HTTP/1.1\r\nHost: x\r\n\r\n")
 put("tls_server", "records_of_every_type", b"\x3f" + b"".join(bytes([t, 3, 3, 0, 2, 1, 0]) for t in (20, 21, 22, 23, 24)))
+
+# tls_records: scripts for a handshake done with a rustls client, then one action per byte
+# (see c100k::fuzzing::tls_records): 0 n the client sends n*67 bytes, 1 the client updates its
+# keys (asking the server to), 2 n b... junk bytes on the wire, 3 n reads of n%300+1 bytes,
+# 4 n the server sends n*131 bytes, 5 the client's close_notify, 6 the server's, 7 at bit a
+# bit flipped in what the client sends.
+records = {
+    "data_both_ways": [0, 10, 4, 10, 0, 250, 4, 255, 0, 0],
+    "key_updates": [1, 0, 5, 4, 5, 1, 1, 0, 9, 4, 3, 1, 4, 1],
+    "bytewise": [3, 0, 0, 20, 1, 0, 20, 4, 7, 3, 16, 0, 100],
+    "bit_flipped": [0, 10, 7, 30, 3],
+    "junk_record": [2, 5, 23, 3, 3, 0, 1, 0, 4],
+    "plaintext_handshake": [2, 9, 22, 3, 3, 0, 4, 24, 0, 0, 1],
+    "closes": [0, 5, 5, 6, 4, 3],
+    "server_closes_first": [6, 4, 10, 0, 3, 5],
+    "oversized_header": [2, 5, 23, 3, 3, 0x41, 1],
+}
+for k, v in records.items():
+    put("tls_records", k, bytes(v))

@@ -149,26 +149,63 @@ pub const TEST_CERT: (&str, &str) = (
     "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgMsbQJJvvQSmzqQwm\nTTP4vqYmvfZffeQw6w3a4oyCZRahRANCAATceHTKJHgrSyeIvjfT3GFxlld5SDA3\n06CWKcExsoo94yEz0lhqH1J3xqjRXVoP+wn5NPjrYaOSuD2MlE4KZfEx\n-----END PRIVATE KEY-----\n",
 );
 
+/// Who the TLS tests and fuzz targets pair: the server as it configures itself (unless
+/// `server` says otherwise) and a rustls client.
+#[derive(Default)]
+pub struct TlsTestPeers {
+    /// The server's provider instead of [`crate::net::tls::server_provider`].
+    pub server: Option<rustls::crypto::CryptoProvider>,
+    /// The only suites the client offers, in its order of preference.
+    pub client_suites: Option<Vec<rustls::CipherSuite>>,
+    /// The client speaks TLS 1.2 only.
+    pub tls12: bool,
+}
+
+/// A server configuration made the way the server makes its own (suite order, hand-off,
+/// tickets; ALPN `http/1.1`) with [`TEST_CERT`], and a client configuration trusting it.
+pub fn tls_test_configs(
+    peers: &TlsTestPeers,
+) -> (std::sync::Arc<rustls::ServerConfig>, std::sync::Arc<rustls::ClientConfig>) {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(TEST_CERT.0.as_bytes()).expect("test cert");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(TEST_CERT.1.as_bytes()).expect("test key");
+    let provider = peers.server.clone().unwrap_or_else(crate::net::tls::server_provider);
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .expect("cert");
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+    server.send_tls13_tickets = 1;
+    crate::net::tls::prepare(&mut server);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(only) = &peers.client_suites {
+        provider.cipher_suites =
+            only.iter().filter_map(|id| provider.cipher_suites.iter().find(|s| s.suite() == *id).copied()).collect();
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if peers.tls12 { &[&rustls::version::TLS12] } else { rustls::DEFAULT_VERSIONS };
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (Arc::new(server), Arc::new(client))
+}
+
 /// The server's TLS adapter fed what a hostile client might send: the input is cut into pieces
 /// (its first byte picks the piece size) and given to a fresh connection, as reads would.
 /// Whatever rustls accepts or refuses, nothing panics, and nothing is sent before a handshake.
 pub fn tls_server(data: &[u8]) {
     use crate::net::tls::ServerTls;
-    use rustls_pki_types::pem::PemObject;
     static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ServerConfig>> = std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let cert = rustls_pki_types::CertificateDer::from_pem_slice(TEST_CERT.0.as_bytes()).expect("test cert");
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(TEST_CERT.1.as_bytes()).expect("test key");
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut c = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .expect("cert");
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-        std::sync::Arc::new(c)
-    });
+    let config = CONFIG.get_or_init(|| tls_test_configs(&TlsTestPeers::default()).0);
     let Some((&first, rest)) = data.split_first() else { return };
     let piece = usize::from(first % 64) + 1;
     let Ok(mut tls) = ServerTls::new(config.clone()) else { return };
@@ -184,4 +221,152 @@ pub fn tls_server(data: &[u8]) {
         let _ = tls.encrypt(b"reply", &mut out);
     }
     let _ = tls.close_notify(&mut out);
+}
+
+/// The server's records after a TLS 1.3 handshake (the handed-off connection, see
+/// [`crate::net::tls`]), against a real rustls client driven by the input: each byte an action
+/// (the client sends data, updates its keys, closes; the server sends data; the bytes on the
+/// wire are cut differently, tampered with, or junk is added). Untampered, everything sent must
+/// arrive intact both ways and neither side may fail; tampered, the server may only refuse.
+pub fn tls_records(data: &[u8]) {
+    use crate::net::tls::ServerTls;
+    use std::io::Write;
+    type Configs = (std::sync::Arc<rustls::ServerConfig>, std::sync::Arc<rustls::ClientConfig>);
+    static CONFIGS: std::sync::OnceLock<Configs> = std::sync::OnceLock::new();
+    let (sc, cc) = CONFIGS.get_or_init(|| tls_test_configs(&TlsTestPeers::default()));
+    let Ok(s) = ServerTls::new(sc.clone()) else { return };
+    let c = rustls::ClientConnection::new(cc.clone(), "localhost".try_into().expect("name")).expect("client");
+    let mut w = Wire { c, s, piece: 1 << 20, tampered: false, plain: Vec::new(), out: Vec::new(), owed: Vec::new() };
+    let pattern = |n: usize, salt: u8| -> Vec<u8> { (0..n).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect() };
+    for _ in 0..4 {
+        if !w.exchange(Vec::new()) {
+            return;
+        }
+    }
+    let (mut sent, mut closed, mut updates) = (Vec::new(), false, 0);
+    let mut script = data.iter().copied();
+    while let Some(op) = script.next() {
+        let mut junk = Vec::new();
+        let mut arg = || script.next().unwrap_or(0);
+        match op % 8 {
+            0 if !closed => {
+                let d = pattern(usize::from(arg()) * 67, op);
+                if w.c.writer().write_all(&d).is_ok() {
+                    sent.extend_from_slice(&d);
+                    if !d.is_empty() {
+                        updates = 0;
+                    }
+                }
+            }
+            1 if !closed => {
+                let _ = w.c.refresh_traffic_keys();
+                // Past 32 key updates without data between them the server may refuse (so do
+                // rustls and BoringSSL): that is the client misbehaving.
+                updates += 1;
+                w.tampered |= updates > 32;
+            }
+            2 => {
+                let n = usize::from(arg() % 16);
+                junk = (0..n).map(|_| arg()).collect();
+                w.tampered = true;
+            }
+            3 => w.piece = usize::from(arg()) % 300 + 1,
+            4 if w.s.is_open() => {
+                let d = pattern(usize::from(arg()) * 131, op);
+                if w.s.encrypt(&d, &mut w.out).is_ok() {
+                    w.owed.extend_from_slice(&d);
+                } else {
+                    assert!(w.tampered || w.s.sent_close(), "the server could not send");
+                }
+            }
+            5 if !closed => {
+                w.c.send_close_notify();
+                closed = true;
+            }
+            6 => {
+                let _ = w.s.close_notify(&mut w.out);
+            }
+            7 => {
+                // Flip a bit in what the client is about to send.
+                let (at, bit) = (arg(), arg());
+                let mut wire = Vec::new();
+                while w.c.wants_write() {
+                    let _ = w.c.write_tls(&mut wire);
+                }
+                if let Some(b) = wire.get_mut(usize::from(at)) {
+                    *b ^= 1 << (bit % 8);
+                    w.tampered = true;
+                }
+                junk.splice(0..0, wire);
+            }
+            _ => {}
+        }
+        if !w.exchange(junk) {
+            return;
+        }
+    }
+    if !w.tampered {
+        assert!(w.s.is_open(), "the handshake completes");
+        assert_eq!(w.plain, sent, "the server read what the client sent");
+        assert!(w.owed.is_empty(), "the client read what the server sent");
+    }
+}
+
+/// [`tls_records`]' two ends and what is owed between them.
+struct Wire {
+    c: rustls::ClientConnection,
+    s: crate::net::tls::ServerTls,
+    /// The size of the server's reads.
+    piece: usize,
+    /// Either side may now refuse (bytes were changed or added, or the client went past its
+    /// allowance of key updates): failures are allowed, no longer checked.
+    tampered: bool,
+    /// What the server read.
+    plain: Vec<u8>,
+    /// What the server sends, before it goes to the client.
+    out: Vec<u8>,
+    /// What the server sent that the client has not read yet.
+    owed: Vec<u8>,
+}
+
+impl Wire {
+    /// The client's bytes (and `junk`) to the server, cut into reads, then the server's to the
+    /// client. Whether both are still going.
+    fn exchange(&mut self, junk: Vec<u8>) -> bool {
+        use std::io::Read;
+        let mut wire = Vec::new();
+        while self.c.wants_write() {
+            let _ = self.c.write_tls(&mut wire);
+        }
+        wire.extend_from_slice(&junk);
+        for chunk in wire.chunks_mut(self.piece) {
+            if let Err(e) = self.s.receive(chunk, &mut self.plain, &mut self.out) {
+                assert!(self.tampered, "the server refused an untampered stream: {e}");
+                return false;
+            }
+        }
+        let out = std::mem::take(&mut self.out);
+        let mut rd = &out[..];
+        while !rd.is_empty() {
+            let read = match self.c.read_tls(&mut rd) {
+                // rustls reads nothing after the server's close_notify.
+                Ok(0) => Err("the server sent records after its close_notify".to_string()),
+                Ok(_) => self.c.process_new_packets().map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = read {
+                assert!(self.tampered, "the client refused what the server sent: {e}");
+                return false;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.c.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let want: Vec<u8> = self.owed.drain(..n.min(self.owed.len())).collect();
+            assert!(self.tampered || want == buf[..n], "the client read something else than was sent");
+        }
+        true
+    }
 }

@@ -46,3 +46,8 @@ fn sse_position_corpus() {
 fn tls_server_corpus() {
     replay("tls_server", c100k::fuzzing::tls_server);
 }
+
+#[test]
+fn tls_records_corpus() {
+    replay("tls_records", c100k::fuzzing::tls_records);
+}

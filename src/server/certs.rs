@@ -42,7 +42,7 @@ impl Tls {
     /// Load the files; errors say which file and what is wrong with it.
     /// `h2`: offer HTTP/2 in ALPN.
     pub fn load(files: &TlsFiles, h2: bool) -> Result<Tls, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::net::tls::server_provider());
         let current = Arc::new(Current(RwLock::new(Arc::new(certified_key(files, &provider)?))));
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -58,6 +58,8 @@ impl Tls {
         // storm after a restart of the clients skips the signature.
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
         config.send_tls13_tickets = 1;
+        // TLS 1.3 connections are handed off rustls after their handshake (net::tls).
+        crate::net::tls::prepare(&mut config);
         Ok(Tls { files: files.clone(), provider, current, config: Arc::new(config) })
     }
 
