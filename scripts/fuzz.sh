@@ -3,7 +3,7 @@
 # bench-client's fuzz_response) with cargo fuzz (libFuzzer), SECONDS each, growing the committed
 # corpora in fuzz/corpus/<target>/. Prints executions, corpus size and coverage (libFuzzer's
 # `cov:` edge count) per target, and writes them to fuzz/last-run.tsv. A crash stops the script
-# with the input in fuzz/artifacts/<target>/: add it to the target's corpus (it then replays in
+# with the input in fuzz/artifacts/<target>/ (so does an input that runs over 10 s: a hang): add it to the target's corpus (it then replays in
 # `cargo test`, tests/fuzz_corpus.rs) and fix the bug.
 #
 # usage: scripts/fuzz.sh [SECONDS (60)] [TARGET…]
@@ -36,7 +36,7 @@ for t in "${targets[@]}"; do
   par=()
   if [ "${JOBS:-1}" -gt 1 ]; then par=(-fork="$JOBS"); fi
   if ! cargo fuzz run --sanitizer none "$t" "${dirs[@]}" -- -max_total_time="$secs" -print_final_stats=1 \
-    -max_len=8192 "${par[@]}" >"$log" 2>&1; then
+    -max_len=8192 -timeout=10 "${par[@]}" >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "fuzz.sh: $t crashed; the input is in fuzz/artifacts/$t/" >&2
     exit 1

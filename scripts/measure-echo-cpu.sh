@@ -19,7 +19,7 @@
 #            permessage-deflate (bench-client --deflate).
 #            c100k-tls (echo or broadcast): this build serving TLS (a throwaway ECDSA P-256
 #            certificate; TLS_KEY=rsa for RSA 2048), the clients on wss:// (bytes per message
-#            are not scraped for it).
+#            are not scraped for it). baseline-tls: the same with the baseline binary.
 #            c100k-h2 (echo or broadcast): this build, the clients' WebSockets carried in HTTP/2
 #            streams (bench-client --h2, STREAMS_PER_CONN to a connection, default 100; h2c).
 #   SIZE     message size in bytes (default 32 for echo, 64 for a broadcast)
@@ -61,7 +61,7 @@ for run in $(seq 1 "$runs"); do
       c100k-sse | c100k-poll) member_transport=${server#c100k-} ;;
       c100k-deflate) extra=(--deflate) ;;
       c100k-h2) extra=(--h2 --streams-per-conn "${STREAMS_PER_CONN:-100}") ;;
-      c100k-tls)
+      c100k-tls | baseline-tls)
         # Throwaway keys, out of the report directory.
         [ -n "${tls:-}" ] || { tls=$(mktemp -d); test_cert "$tls" "${TLS_KEY:-ec}"; }
         sflags=(--tls-cert "$tls/cert.pem" --tls-key "$tls/key.pem")

@@ -7,6 +7,8 @@
 #
 # usage: scripts/measure-tls-handshakes.sh [CONNS (5000)] [RUNS (3)]
 #   OUT  report directory (default bench-results/<UTC>-tls-handshakes)
+#   BASELINE_BIN  also measure this c100k binary with the ECDSA certificate (kind ec-baseline),
+#        each run right after the current one (e.g. scripts/build-baseline.sh REV)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need python3 taskset openssl
@@ -22,15 +24,18 @@ tls=$(mktemp -d) # throwaway keys stay out of the report
 test_cert "$tls/ec" ec
 test_cert "$tls/rsa" rsa
 
+kinds="plain ec rsa"
+[ -n "${BASELINE_BIN:-}" ] && kinds="$kinds ec-baseline"
 for run in $(seq 1 "$runs"); do
-  for kind in plain ec rsa; do
+  for kind in $kinds; do
     flags=(--threads 1)
     url=ws://ADDR/echo
     if [ "$kind" != plain ]; then
-      flags+=(--tls-cert "$tls/$kind/cert.pem" --tls-key "$tls/$kind/key.pem")
+      flags+=(--tls-cert "$tls/${kind%-baseline}/cert.pem" --tls-key "$tls/${kind%-baseline}/key.pem")
       url=wss://ADDR/echo
     fi
-    start_server c100k "$out/server-$kind-$run.log" "${flags[@]}"
+    server=c100k; [ "$kind" = ec-baseline ] && server=baseline
+    start_server "$server" "$out/server-$kind-$run.log" "${flags[@]}"
     cpu0=$(cpu_ns "$SPID")
     $(pin 1) "$BENCH" connect --url "${url//ADDR/$ADDR}" --insecure --conns "$conns" --hold 0 --procs 1 --threads 1 \
       --concurrency 64 --quiet --out "$out/bench-$kind-$run" >"$out/client-$kind-$run.log" 2>&1 \
@@ -54,7 +59,7 @@ col() { awk -F'\t' -v k="$1" -v c="$2" 'NR > 1 && $1 == k { print $c }' "$tsv" |
   echo "# TLS handshakes"
   echo
   echo "- Date: $(date -u +%Y-%m-%d), machine: $(machine_line)"
-  echo "- Command: \`scripts/measure-tls-handshakes.sh $conns $runs\`: c100k \`--threads 1\` pinned to core 0,"
+  echo "- Command: \`${BASELINE_BIN:+BASELINE_BIN=$BASELINE_BIN }scripts/measure-tls-handshakes.sh $conns $runs\`: c100k \`--threads 1\` pinned to core 0,"
   echo "  \`bench-client connect --url wss://…/echo --insecure --conns $conns --hold 0 --concurrency 64 --procs 1 --threads 1\`"
   echo "  pinned to core 1 (full handshakes, TLS 1.3, no resumption; the WebSocket upgrade is included)."
   echo "- Server CPU per connection = the server's run time over the run ÷ connections (accept, TLS"
@@ -63,8 +68,9 @@ col() { awk -F'\t' -v k="$1" -v c="$2" 'NR > 1 && $1 == k { print $c }' "$tsv" |
   echo
   echo "| certificate | server CPU per connection (µs) | ⇒ handshakes/s per server core | connections/s measured | handshake p50 / p99 (µs) |"
   echo "|---|---|---|---|---|"
-  for kind in plain ec rsa; do
+  for kind in $kinds; do
     name=$kind; [ "$kind" = ec ] && name="ECDSA P-256"; [ "$kind" = rsa ] && name="RSA 2048"; [ "$kind" = plain ] && name="none (ws://)"
+    [ "$kind" = ec-baseline ] && name="ECDSA P-256, baseline binary"
     cpu=$(col "$kind" 4)
     printf '| %s | **%s** | %s | %s | %s / %s |\n' "$name" "$cpu" "$(python3 -c "print(round(1e6/$cpu))")" "$(col "$kind" 5)" "$(col "$kind" 6)" "$(col "$kind" 7)"
   done
