@@ -498,9 +498,10 @@ fn calls(redis: &RedisServer, cmd: &str) -> u64 {
 #[test]
 fn redis_upkeep_grows_with_rooms_and_nodes_not_their_product() {
     // 3 nodes with members in each of 40 rooms, grace 0.3 s: liveness every 100 ms, sweeps
-    // every 75 ms. Each script has a command only it runs: ZREMRANGEBYSCORE (alive.lua, once
-    // per node), ZCARD (sweep.lua), EXISTS (touch.lua, every third of the history TTL). Per-room
-    // liveness would be 3 × 40 × 10 = 1,200 scripts/s; every node sweeping every room, 1,600.
+    // every 75 ms. Each script has a command only it runs in the window: ZREMRANGEBYSCORE
+    // (alive.lua, once per node), ZCARD (sweep.lua; join.lua too, but the joins are done
+    // before), EXISTS (touch.lua, every third of the history TTL). Per-room liveness would be
+    // 3 × 40 × 10 = 1,200 scripts/s; every node sweeping every room, 1,600.
     const ROOMS: usize = 40;
     let redis = RedisServer::start(false);
     let prefix = unique_prefix();
@@ -524,6 +525,40 @@ fn redis_upkeep_grows_with_rooms_and_nodes_not_their_product() {
     let sweep_rate = ROOMS as f64 / 0.075;
     assert!(sweeps > 0.0 && sweeps <= sweep_rate * 1.5, "each room swept about once a period in all: {sweeps:.0}/s");
     assert!(touches <= ROOMS as f64 * 3.0 / secs, "rooms touched every third of the history TTL: {touches:.0}/s");
+}
+
+/// A process that comes up in a busy deployment (restarted in a reconnect storm) sweeps its new
+/// rooms as one of the deployment's live nodes, not as their only node, while the answers that
+/// would tell it are slow: with 20 other nodes alive and Redis paused 1.5 s, 40 new rooms get a
+/// few sweeps each, not one every 75 ms (20 each: 53 processes × 1,000 rooms swept every
+/// second was most of a storm's Redis work).
+#[test]
+fn a_new_nodes_rooms_are_swept_as_shared_while_redis_is_slow() {
+    const ROOMS: u64 = 40;
+    let redis = RedisServer::start(false);
+    let prefix = unique_prefix();
+    let far = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 3_600_000)
+        .to_string();
+    for i in 0..20 {
+        redis.command(&["ZADD", &format!("{prefix}:nodes"), &far, &format!("other{i}")]);
+    }
+    let a = node(&redis.url(), &prefix, &["--presence-grace", "0.3"]);
+    // Two liveness calls have run: the first one's answer (21 alive) is in.
+    let alive0 = calls(&redis, "zremrangebyscore");
+    wait_for("the node's liveness answered", Duration::from_secs(5), || {
+        calls(&redis, "zremrangebyscore") >= alive0 + 2
+    });
+    let mut m = RawWs::v1(a.addr, "");
+    let z0 = calls(&redis, "zcard");
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]).as_deref(), Some("+OK"));
+    for r in 0..ROOMS {
+        m.send_json(&json!({"op":"join","id":"j","room":format!("r{r}")}));
+    }
+    for _ in 0..ROOMS {
+        m.recv_op("joined");
+    }
+    let sweeps = calls(&redis, "zcard") - z0 - ROOMS; // each join.lua has one ZCARD too
+    assert!(sweeps <= ROOMS * 4, "{sweeps} sweeps of {ROOMS} new rooms during a 1.5 s pause");
 }
 
 /// `rooms` members joined one to a room (`r0`, `r1`, …), and as many connections not joined

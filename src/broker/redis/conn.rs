@@ -128,8 +128,13 @@ impl RConn {
                 .collect(),
             Ok(answers) => vec![Err(format!("{} answers to {n} commands", answers.len())); n],
             Err(e) => {
-                // Perhaps a restart: its scripts are gone too.
-                scripts.reload.store(true, Ordering::Relaxed);
+                // A lost connection may mean a restart, and its scripts gone too. A timeout does
+                // not: Redis is busy. Reloading then (nine more calls before this process's
+                // next batch, and so again after every timeout) was a third of a reconnect
+                // storm's calls: 862,103 SCRIPT LOADs for 300,000 joins.
+                if e.is_connection_dropped() || e.is_connection_refusal() || (e.is_io_error() && !e.is_timeout()) {
+                    scripts.reload.store(true, Ordering::Relaxed);
+                }
                 vec![Err(e.to_string()); n]
             }
         }
@@ -259,6 +264,16 @@ impl Keys {
     pub fn channel_of(prefix: &str, room: &str) -> String {
         format!("{prefix}:{{{}}}", tag(room))
     }
+
+    /// The room whose channel `ch` is (the inverse of [`Keys::channel_of`]), so no table of
+    /// channel names is kept per room.
+    pub fn room_of_channel<'a>(prefix: &str, ch: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        let tag = ch.strip_prefix(prefix)?.strip_prefix(":{")?.strip_suffix('}')?;
+        if !tag.contains('%') {
+            return Some(tag.into());
+        }
+        Some(tag.replace("%7B", "{").replace("%7D", "}").replace("%25", "%").into())
+    }
 }
 
 /// `{` and `}` would end the hash tag early: escape them (and the escape character).
@@ -275,6 +290,15 @@ pub fn nodes_key(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_names_its_room_back() {
+        for room in ["lobby", "a{b}c", "%7B", "%", "}{", "x%25y", "", "é"] {
+            let ch = Keys::channel_of("app", room);
+            assert_eq!(Keys::room_of_channel("app", &ch).as_deref(), Some(room), "{ch}");
+        }
+        assert_eq!(Keys::room_of_channel("app", "other:{x}"), None);
+    }
 
     #[test]
     fn keys_share_one_hash_tag_whatever_the_room_name() {

@@ -71,13 +71,25 @@ fn entries(v: Value, room: &Arc<str>, epoch: &Arc<str>) -> Result<Vec<Msg>, Stri
     Ok(out)
 }
 
-pub fn parse_join(v: Value, room: &Arc<str>) -> Result<(String, u64, Vec<Msg>), String> {
+/// `join.lua`: the room's epoch and top, the history asked for, and how many nodes have members
+/// in the room.
+pub fn parse_join(v: Value, room: &Arc<str>) -> Result<Joined, String> {
     let mut a = array(v).ok_or_else(|| bad("join"))?.into_iter();
     let epoch = a.next().as_ref().and_then(text).ok_or_else(|| bad("join epoch"))?;
     let top = a.next().as_ref().and_then(int).ok_or_else(|| bad("join seq"))? as u64;
     let e: Arc<str> = epoch.as_str().into();
     let msgs = entries(a.next().unwrap_or(Value::Nil), room, &e)?;
-    Ok((epoch, top, msgs))
+    let nodes = a.next().as_ref().and_then(int).unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32;
+    Ok(Joined { epoch, top, msgs, nodes })
+}
+
+/// [`parse_join`]'s answer.
+#[derive(Debug)]
+pub struct Joined {
+    pub epoch: String,
+    pub top: u64,
+    pub msgs: Vec<Msg>,
+    pub nodes: u32,
 }
 
 pub fn parse_catchup(v: Value, room: &Arc<str>) -> Result<CatchUp, String> {
@@ -111,10 +123,26 @@ pub fn parse_presence(v: Value) -> Result<Vec<(Arc<str>, u32)>, String> {
 }
 
 /// `alive.lua`: whether the node was still alive, and the nodes given up for dead.
-pub fn parse_alive(v: Value) -> Result<(bool, Vec<Arc<str>>), String> {
+pub fn parse_alive(v: Value) -> Result<Alive, String> {
     let mut a = array(v).ok_or_else(|| bad("alive"))?.into_iter();
     let ok = a.next().as_ref().and_then(int).ok_or_else(|| bad("alive"))? == 1;
-    Ok((ok, a.filter_map(|n| text(&n)).map(Arc::from).collect()))
+    let live = a.next().as_ref().and_then(int).ok_or_else(|| bad("alive"))?;
+    Ok(Alive {
+        ok,
+        live: live.clamp(0, i64::from(u32::MAX)) as u32,
+        dead: a.filter_map(|n| text(&n)).map(Arc::from).collect(),
+    })
+}
+
+/// `alive.lua`'s answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Alive {
+    /// The node was alive (else it was given up for dead and takes the candidate name).
+    pub ok: bool,
+    /// Nodes alive in the deployment.
+    pub live: u32,
+    /// Nodes given up for dead, for the sweeps.
+    pub dead: Vec<Arc<str>>,
 }
 
 /// `sweep.lua`: the number of nodes with members in the room.
@@ -170,9 +198,13 @@ mod tests {
     #[test]
     fn alive_and_sweep_answers_parse() {
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let v = Value::Array(vec![Value::Int(0), b("n1"), b("n2")]);
-        assert_eq!(parse_alive(v), Ok((false, vec![Arc::from("n1"), Arc::from("n2")])));
-        assert_eq!(parse_alive(Value::Array(vec![Value::Int(1)])), Ok((true, vec![])));
+        let v = Value::Array(vec![Value::Int(0), Value::Int(3), b("n1"), b("n2")]);
+        assert_eq!(parse_alive(v), Ok(Alive { ok: false, live: 3, dead: vec![Arc::from("n1"), Arc::from("n2")] }));
+        assert_eq!(
+            parse_alive(Value::Array(vec![Value::Int(1), Value::Int(1)])),
+            Ok(Alive { ok: true, live: 1, dead: vec![] })
+        );
+        assert!(parse_alive(Value::Array(vec![Value::Int(1)])).is_err());
         assert!(parse_alive(Value::Int(1)).is_err());
         assert_eq!(parse_swept(Value::Array(vec![Value::Int(3), Value::Int(2)])), Ok(2));
         assert!(parse_swept(Value::Array(vec![Value::Int(3)])).is_err());

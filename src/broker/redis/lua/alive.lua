@@ -4,10 +4,11 @@
 -- for the rooms' sweeps (sweep.lua) to remove their users.
 -- KEYS: nodes (sorted set: node name → when it is given up for dead unless it refreshes)
 -- ARGV: node, candidate name, node ttl (ms), forget dead nodes after (ms), fresh (0|1)
--- Returns {1, dead...} when `node` was alive (or fresh: its first call), or {0, dead...} when it
--- had been given up for dead (a stall): the candidate name is registered instead, and the node
--- announces its members again under it (the old name stays dead, so no sweep made from an older
--- list of the dead can remove them).
+-- Returns {1, live, dead...} when `node` was alive (or fresh: its first call), or {0, live,
+-- dead...} when it had been given up for dead (a stall): the candidate name is registered
+-- instead, and the node announces its members again under it (the old name stays dead, so no
+-- sweep made from an older list of the dead can remove them). `live`: the nodes alive now, what
+-- a node expects to share a new room with (see Task::sweep).
 local nodes = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -18,7 +19,7 @@ redis.call('ZADD', nodes, now + ttl, ok and ARGV[1] or ARGV[2])
 -- Dead so long that every room has dropped them by their own staleness (see touch.lua).
 redis.call('ZREMRANGEBYSCORE', nodes, '-inf', '(' .. (now - forget))
 redis.call('PEXPIRE', nodes, ttl + forget)
-local out = {ok and 1 or 0}
+local out = {ok and 1 or 0, redis.call('ZCOUNT', nodes, now, '+inf')}
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now)) do
   out[#out + 1] = n
 end

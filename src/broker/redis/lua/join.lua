@@ -7,7 +7,7 @@
 -- KEYS: meta, stream, presence entries, presence conns, presence users, presence nodes
 -- ARGV: channel, candidate epoch, ttl (ms), after seq (-1: none), node, sharded, stale after (ms),
 --       user...
--- Returns {epoch, seq, entries after the position}.
+-- Returns {epoch, seq, entries after the position, nodes with members in the room}.
 local meta, stream, pres, pconns, pusers, pnodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
@@ -42,4 +42,4 @@ local entries = {}
 if x >= 0 and x < seq then
   entries = redis.call('XRANGE', stream, (x + 1) .. '-0', '+')
 end
-return {epoch, seq, entries}
+return {epoch, seq, entries, redis.call('ZCARD', pnodes)}
