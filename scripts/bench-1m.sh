@@ -28,6 +28,8 @@
 #   PROCESSES  worker processes on each side (default: as many as the descriptor cap needs);
 #     more to reproduce the 1M layout's (process, room) pairs with fewer members
 #   C100K_BIN  the server binary (default target/release/c100k), e.g. a baseline's
+#   SERVER_ARGS  more c100k flags for both servers, e.g. admission toward Redis
+#     ("--redis-in-flight 64 --redis-join-wait 5")
 #   OUT  report directory (default bench-results/<UTC>-1m)
 # Needs: redis-server, redis-cli, taskset, python3, curl; root to apply the kernel profile.
 set -euo pipefail
@@ -89,7 +91,7 @@ start_redis "$out" "${redis_nice[@]}"
 redis_port=$REDIS_PORT
 port=$(free_port)
 server=("$C100K" --listen "127.0.0.1:$port" --processes "$procs" --threads 1 --ping-interval "$ping"
-  --redis "redis://127.0.0.1:$redis_port" --max-publish-rate 0 --history-size 10000)
+  --redis "redis://127.0.0.1:$redis_port" --max-publish-rate 0 --history-size 10000 ${SERVER_ARGS:-})
 spawn "$out/server-1.log" $(pin 0) "${server[@]}"
 sup=$SPAWNED
 addr=$(wait_listening "$out/server-1.log" "$sup")
@@ -123,6 +125,8 @@ open_end=$(metric "$addr" c100k_websockets_open)
 timeouts=$(metric "$addr" c100k_heartbeat_timeouts_total)
 sleep $(( hold - 10 - window ))
 
+# What Redis ran (commands from scripts included) before and during the storm.
+redis-cli -p "$redis_port" info commandstats >"$out/redis-commandstats-before-storm.txt" || true
 log "storm: SIGKILL to every worker, a new server on the same port"
 kill -KILL $workers "$sup" 2>/dev/null || true
 wait "$sup" 2>/dev/null || true
@@ -135,6 +139,7 @@ wait "$bench" || log "bench-client reported a problem: $(tail -3 "$out/client.lo
 storm_counts="redis_errors=$(metric "$addr" c100k_redis_errors_total) shed=$(metric "$addr" c100k_redis_shed_total)"
 storm_counts+=" v1_errors=$(metric "$addr" c100k_v1_errors_total) joins=$(metric "$addr" c100k_joins_total)"
 kill -TERM "$sup2"; wait "$sup2" 2>/dev/null || true
+redis-cli -p "$redis_port" info commandstats >"$out/redis-commandstats-after-storm.txt" || true
 
 # A counter the server did not answer for (metric() gives up after 3 × 20 s) has no figure.
 delta() { if [ -n "$1" ] && [ -n "$2" ]; then echo $(( $2 - $1 )); else echo n/a; fi; }
@@ -166,7 +171,7 @@ print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker 
 - Date: {__import__('datetime').date.today()}, machine: {machine}
 - Command: `scripts/bench-1m.sh` (CONNS={conns} ROOM_SIZE={room_size} HOLD={hold} PING={ping} RATE={rate}
   STORM_SECONDS={os.environ['STORM']} CONNECT_RATE={os.environ['CONNECT_RATE']} CONCURRENCY={os.environ['CONCURRENCY']}
-  RECONNECT_CONCURRENCY={os.environ['RECONNECT_CONCURRENCY']} PROCESSES={procs}{'' if os.environ['BIN'].endswith('target/release/c100k') else ' C100K_BIN=' + os.environ['BIN']})
+  RECONNECT_CONCURRENCY={os.environ['RECONNECT_CONCURRENCY']} PROCESSES={procs}{'' if os.environ['BIN'].endswith('target/release/c100k') else ' C100K_BIN=' + os.environ['BIN']}{' SERVER_ARGS="' + os.environ['SERVER_ARGS'] + '"' if os.environ.get('SERVER_ARGS') else ''})
 - Server: `c100k --processes {procs} --threads 1 --ping-interval {ping} --redis … --max-publish-rate 0
   --history-size 10000` and redis-server 7 (nice {os.environ.get('REDIS_NICE', '0')}), both pinned to core 0; bench-client `reconnect`
   (`--procs auto`) pinned to core 1, sources {src}. {rooms} rooms of {room_size}; 10 senders
@@ -185,7 +190,7 @@ print(f"""# {conns:,} v1 members on one host, rooms in Redis, then every worker 
 | storm: peak accepts/s / handshakes/s at the new server | {peak(1):,.0f} / {peak(2):,.0f} |
 | reconnects recovered / not | {r['recovered']:,} / {r['unrecovered']:,} |
 | storm, the new server's counts: joins / Redis errors / joins shed / v1 error replies | {' / '.join(f"{int(v):,}" if v.isdigit() else 'n/a' for v in (c.get('joins', ''), c.get('redis_errors', ''), c.get('shed', ''), c.get('v1_errors', '')))} |
-| messages lost | **{m['lost']}** (expected {m['expected']:,}, received {m['received']:,}, duplicated {m['duplicated']}, out of order {m['out_of_order']}) |
+| messages lost | **{m['lost']}** (expected {m['expected']:,}, received {m['received']:,}, duplicated {m['duplicated']}, out of order {m['out_of_order']}; publishes answered with an error: {m.get('publish_errors', 0):,}, each of which may have run all the same, and its sender never gets its own message) |
 
 Verdict: {'ok' if s.get('verdict', {}).get('ok') else 'NOT OK: ' + '; '.join(s.get('verdict', {}).get('problems', []))}. Reports: `bench/` (summary.json, .hgrm, SVG), `samples.tsv`, logs.
 """)

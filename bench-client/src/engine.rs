@@ -994,6 +994,10 @@ impl Engine {
             }
             "error" => {
                 self.out.v1_errors += 1;
+                // An open sender only publishes: the error answers one of its publishes.
+                if self.conns[key].state == State::Open && self.job.is_sender(self.conns[key].idx) {
+                    self.out.publish_errors += 1;
+                }
                 // A refused join (a busy broker sheds joins): this attempt failed, and a
                 // reconnecting member tries again after its backoff instead of waiting out
                 // its connect timeout.

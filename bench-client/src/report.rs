@@ -74,7 +74,15 @@ pub fn verdict(o: &Outcome, f: &Figures, min_established: u64, interrupted: bool
     }
     let checks_messages = matches!(scenario, "echo" | "broadcast" | "resume" | "failover" | "reconnect");
     if checks_messages && f.lost > 0 {
-        problems.push(format!("{} messages lost", f.lost));
+        let unknown = if o.publish_errors > 0 {
+            format!(
+                " (of which up to {} may be publishes answered with an error that ran all the same)",
+                o.publish_errors
+            )
+        } else {
+            String::new()
+        };
+        problems.push(format!("{} messages lost{unknown}", f.lost));
     }
     if checks_messages && f.lost < 0 {
         problems.push(format!("{} more messages than expected", -f.lost));
@@ -148,6 +156,7 @@ pub fn summary(info: &RunInfo, o: &Outcome, f: &Figures) -> Value {
             "sent_per_second": f.sent_per_sec.round() as u64,
             "received_per_second": f.recv_per_sec.round() as u64,
             "server_errors": o.v1_errors,
+            "publish_errors": o.publish_errors,
         },
         "resume": {
             "reconnects": o.resumes,

@@ -63,6 +63,10 @@ pub struct Outcome {
     pub v1_rooms: crate::v1::RoomSums,
     /// v1: error replies from the server (rate limits and the like).
     pub v1_errors: u64,
+    /// v1: of those, the ones a sender got for a publish. Their outcome is unknown when the
+    /// server's broker timed out: the message may have been published all the same, and the
+    /// server never sends a sender its own messages, so each may count once as lost.
+    pub publish_errors: u64,
     /// v1 resume: reconnects, how many got `recovered: true` / `false`, and the messages
     /// replayed to them.
     pub resumes: u64,
@@ -133,6 +137,7 @@ impl Outcome {
         merge_map(&mut self.members_by_room, &o.members_by_room);
         self.v1_rooms.merge(&o.v1_rooms);
         self.v1_errors += o.v1_errors;
+        self.publish_errors += o.publish_errors;
         self.resumes += o.resumes;
         self.resumes_recovered += o.resumes_recovered;
         self.resumes_unrecovered += o.resumes_unrecovered;
